@@ -1,0 +1,69 @@
+"""The five ways bytes can leave, and which of them the operator switched off.
+
+Both engines consult this one registry, so ``fastwrap.disable("sendfile")``
+takes effect for whichever engine is in use.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("fastwrap")
+
+SENDFILE = "sendfile"
+SPLICE = "splice"
+MMAP = "mmap"
+READINTO = "readinto"
+READ = "read"
+
+#: Every path, fastest first.
+PATHS = (SENDFILE, SPLICE, MMAP, READINTO, READ)
+
+# The PEP 3333 read() loop is what every other path falls back to; with it
+# gone some sources could not be sent at all.
+_ALWAYS_ON = frozenset({READ})
+
+_disabled: set[str] = set()
+
+
+def _check(paths: tuple[str, ...]) -> None:
+    for path in paths:
+        if path not in PATHS:
+            raise ValueError(
+                f"unknown path {path!r}: choose from {', '.join(PATHS)}")
+        if path in _ALWAYS_ON:
+            raise ValueError(
+                f"the {path!r} path is the fallback for every source and "
+                "cannot be disabled")
+
+
+def disable(*paths: str) -> None:
+    """Stop using *paths* (e.g. ``"sendfile"`` on a filesystem that garbles it)."""
+    _check(paths)
+    _disabled.update(paths)
+
+
+def enable(*paths: str) -> None:
+    """Use *paths* again after :func:`disable` or ``FASTWRAP_DISABLE``."""
+    _check(paths)
+    _disabled.difference_update(paths)
+
+
+def is_disabled(path: str) -> bool:
+    return path in _disabled
+
+
+def disabled() -> frozenset[str]:
+    return frozenset(_disabled)
+
+
+def _from_environment() -> None:
+    spec = os.environ.get("FASTWRAP_DISABLE", "")
+    names = tuple(p.strip().lower() for p in spec.split(",") if p.strip())
+    try:
+        disable(*names)
+    except ValueError as exc:
+        raise ValueError(f"FASTWRAP_DISABLE={spec!r}: {exc}") from None
+
+
+_from_environment()

@@ -1,0 +1,456 @@
+"""Every decision a transmission makes, written once for both engines.
+
+Which path carries the bytes, where the body starts, how many bytes it may
+hold, when a zero-copy path is given up: the compiled engine and its
+pure-Python twin both ask this module, so they cannot drift apart.  The
+engines themselves only move bytes along the path they are handed.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import mmap
+import operator
+import os
+import select
+import stat
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+from . import _paths
+from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE, log
+
+try:
+    import ssl
+except ImportError:  # Python built without OpenSSL
+    ssl = None  # type: ignore[assignment]
+
+DEFAULT_BLKSIZE = 8192
+# The read loops move at least this much per call whatever blksize says:
+# Django passes 4096, which would cost a syscall pair every 4 KiB.
+MIN_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
+
+# errno values meaning "this path cannot serve this pair of descriptors";
+# only before the first body byte may they send us to the next path.
+UNSUPPORTED_ERRNOS = frozenset(
+    e for e in (
+        getattr(errno, name, None)
+        for name in ("EINVAL", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "ENOTSOCK",
+                     "ESPIPE", "EXDEV", "EAFNOSUPPORT")
+    ) if e is not None
+)
+
+# Types whose fileno() yields exactly the bytes read() would.  A gzip or
+# bz2 file has a fileno() too, of the *compressed* file: sending from it
+# would put the wrong bytes on the wire.
+_FD_FILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedRandom)
+_FD_FILE_METHODS = ("read", "readinto", "read1", "peek", "tell", "seek", "fileno")
+
+# Only Linux's sendfile(2) writes to any descriptor; the BSDs' need a socket.
+SENDFILE_NEEDS_SOCKET = not sys.platform.startswith("linux")
+
+# Registered by each engine: the FileWrapper types this module unwraps.
+_wrapper_types: tuple[type, ...] = ()
+
+
+def register_wrapper(cls: type) -> None:
+    global _wrapper_types
+    if cls not in _wrapper_types:
+        _wrapper_types = _wrapper_types + (cls,)
+
+
+# -- argument checks shared by both FileWrapper and Transmission types -------
+
+def check_filelike(filelike: Any) -> None:
+    """Reject what no path could send, with the reason and the fix."""
+    if filelike is None:
+        raise TypeError(
+            "FileWrapper needs a binary file object or a bytes-like object, got None")
+    inner = _unwrap_tempfile(filelike)
+    if isinstance(inner, io.TextIOBase):
+        raise TypeError(
+            f"FileWrapper needs a binary file, got the text-mode {type(inner).__name__}: "
+            "open the file with mode 'rb'")
+    if getattr(filelike, "closed", False) is True:
+        raise ValueError("I/O operation on closed file")
+    if isinstance(filelike, mmap.mmap) or hasattr(filelike, "read"):
+        return
+    try:
+        memoryview(filelike)
+    except TypeError:
+        raise TypeError(
+            f"FileWrapper needs a file object with read() or a bytes-like object, "
+            f"got {type(filelike).__name__}") from None
+
+
+def check_blksize(blksize: Any) -> int:
+    if isinstance(blksize, bool):
+        raise TypeError("blksize must be an int, got bool")
+    blksize = operator.index(blksize)
+    if blksize <= 0:
+        raise ValueError(f"blksize must be a positive number of bytes, got {blksize}")
+    return blksize
+
+
+def check_count(count: Any) -> int:
+    """Return count as an int, or -1 for "no limit"."""
+    if count is None:
+        return -1
+    if isinstance(count, bool):
+        raise TypeError("count must be an int or None, got bool")
+    try:
+        count = operator.index(count)
+    except TypeError:
+        raise TypeError(
+            f"count must be an int or None, got {type(count).__name__}") from None
+    if count < 0:
+        raise ValueError(f"count must be >= 0 or None, got {count}")
+    return count
+
+
+def check_headers(headers: Any) -> memoryview:
+    if isinstance(headers, str):
+        raise TypeError("headers must be bytes (encode them as latin-1), got str")
+    try:
+        view = memoryview(headers)
+    except TypeError:
+        raise TypeError(
+            f"headers must be a bytes-like object, got {type(headers).__name__}") from None
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def text_chunk_error(chunk: Any) -> TypeError:
+    return TypeError(
+        f"read() returned {type(chunk).__name__}, not bytes: "
+        "the wrapped file must be opened in binary mode ('rb')")
+
+
+# -- the two ends --------------------------------------------------------------
+
+class Dest:
+    """Where the bytes go: a socket (plain or TLS), a pipe or a file."""
+
+    __slots__ = ("obj", "fd", "sock", "tls", "timeout", "is_socket")
+
+    def __init__(self, dest: Any) -> None:
+        self.obj = dest
+        self.sock = None
+        self.timeout: Optional[float] = None
+        if isinstance(dest, bool) or dest is None:
+            raise TypeError(
+                "dest must be a socket, a file descriptor or an object with fileno(), "
+                f"got {dest!r}")
+        if isinstance(dest, int):
+            if dest < 0:
+                raise ValueError(f"dest file descriptor must be >= 0, got {dest}")
+            self.fd = dest
+        else:
+            fileno = getattr(dest, "fileno", None)
+            if fileno is None:
+                raise TypeError(
+                    "dest must be a socket, a file descriptor or an object with fileno(), "
+                    f"got {type(dest).__name__}")
+            self.fd = fileno()
+            if self.fd < 0:  # what a closed socket.socket reports
+                raise OSError(errno.EBADF, "dest is closed (fileno() is -1)")
+            gettimeout = getattr(dest, "gettimeout", None)
+            if gettimeout is not None:
+                self.timeout = gettimeout()
+                self.sock = dest
+        self.tls = ssl is not None and isinstance(dest, ssl.SSLSocket)
+        # Also proves the descriptor is open before any byte moves.
+        self.is_socket = stat.S_ISSOCK(os.fstat(self.fd).st_mode)
+
+
+def check_blocking(dest: Dest) -> None:
+    """A blocking transmit needs a destination it may wait on."""
+    if dest.sock is not None and dest.timeout == 0:
+        raise ValueError(
+            "dest is a non-blocking socket (timeout 0): use fastwrap.Transmission "
+            "and wait for writability, or give the socket a timeout")
+
+
+class Source:
+    """What the bytes come from, classified once."""
+
+    __slots__ = ("obj", "wrapper", "kind", "fd", "mode", "size")
+
+    FILE = "file"          # a plain io file: its descriptor gives what read() gives
+    MAPPING = "mapping"    # an mmap.mmap
+    BUFFER = "buffer"      # bytes, bytearray, memoryview, array, numpy...
+    READABLE = "readable"  # anything else with readinto() or read()
+
+    def __init__(self, source: Any) -> None:
+        wrapper = None
+        if isinstance(source, _wrapper_types):
+            wrapper = source
+            if source.closed:
+                raise ValueError("I/O operation on closed FileWrapper")
+            source = source.filelike
+        elif _is_wsgiref_wrapper(source):
+            source = source.filelike
+        source = _unwrap_tempfile(source)
+        if wrapper is None:
+            check_filelike(source)
+        self.obj = source
+        self.wrapper = wrapper
+        self.fd = -1
+        self.mode = 0
+        self.size = -1
+        if isinstance(source, mmap.mmap):
+            self.kind = Source.MAPPING
+        elif _is_fd_file(source):
+            if source.closed:
+                raise ValueError("I/O operation on closed file")
+            if not source.readable():
+                raise io.UnsupportedOperation("the wrapped file is not open for reading")
+            self.kind = Source.FILE
+            self.fd = source.fileno()
+            st = os.fstat(self.fd)
+            self.mode = st.st_mode
+            self.size = st.st_size
+        elif hasattr(source, "read"):
+            self.kind = Source.READABLE
+        else:
+            self.kind = Source.BUFFER
+
+    def describe(self) -> str:
+        if self.kind == Source.FILE:
+            return f"{type(self.obj).__name__} fd {self.fd}"
+        return type(self.obj).__name__
+
+
+def _is_wsgiref_wrapper(obj: Any) -> bool:
+    # wsgiref is imported lazily: most servers never load it.
+    util = sys.modules.get("wsgiref.util")
+    return util is not None and isinstance(obj, util.FileWrapper)
+
+
+def _unwrap_tempfile(obj: Any) -> Any:
+    # NamedTemporaryFile() returns a proxy whose attributes are the file's.
+    if isinstance(obj, tempfile._TemporaryFileWrapper):
+        return obj.file
+    return obj
+
+
+def _is_fd_file(obj: Any) -> bool:
+    for base in _FD_FILE_TYPES:
+        if isinstance(obj, base):
+            cls = type(obj)
+            if cls is not base and any(
+                    getattr(cls, name, None) is not getattr(base, name, None)
+                    for name in _FD_FILE_METHODS):
+                return False  # a subclass that may transform what it reads
+            return base is io.FileIO or type(obj.raw) is io.FileIO
+    return False
+
+
+# -- choosing the path -----------------------------------------------------------
+
+def _candidates(src: Source, dest: Dest, supported: frozenset[str]):
+    """Yield (path, reason it cannot be used or None), fastest first."""
+    if src.kind == Source.FILE:
+        regular = stat.S_ISREG(src.mode)
+        if not regular:
+            yield SENDFILE, "not a regular file"
+        elif src.size == 0:
+            # /proc and sysfs files report 0 bytes and yet have content.
+            yield SENDFILE, "st_size is 0 (empty, or a /proc-like file of unknown size)"
+        elif dest.tls:
+            yield SENDFILE, "dest is a TLS socket: the kernel would send plaintext"
+        elif not dest.is_socket and SENDFILE_NEEDS_SOCKET:
+            yield SENDFILE, "this platform's sendfile(2) only writes to sockets"
+        else:
+            yield SENDFILE, None
+        if regular:
+            yield SPLICE, "regular files go by sendfile"
+        elif dest.tls:
+            yield SPLICE, "dest is a TLS socket: the kernel would send plaintext"
+        elif stat.S_ISFIFO(src.mode) or stat.S_ISCHR(src.mode) or stat.S_ISSOCK(src.mode):
+            yield SPLICE, None
+        else:
+            yield SPLICE, "not a pipe, character device or socket"
+        yield READINTO, None
+        yield READ, None
+    elif src.kind in (Source.MAPPING, Source.BUFFER):
+        yield MMAP, None
+        yield READ, None
+    else:
+        if hasattr(src.obj, "readinto"):
+            yield READINTO, None
+        else:
+            yield READINTO, "no readinto()"
+        yield READ, None
+
+
+def choose(src: Source, dest: Dest, supported: frozenset[str],
+           exclude: frozenset[str] = frozenset()) -> str:
+    debug = log.isEnabledFor(10)
+    for path, reason in _candidates(src, dest, supported):
+        if reason is None:
+            if path in exclude:
+                reason = "it failed before the first byte"
+            elif _paths.is_disabled(path):
+                reason = "disabled"
+            elif path not in supported:
+                reason = "not available in this build or on this platform"
+        if reason is None:
+            return path
+        if debug:
+            log.debug("%s skipped for %s: %s", path, src.describe(), reason)
+    raise AssertionError("the read path is always a candidate")  # pragma: no cover
+
+
+def select_path(source: Any, dest: Any, supported: frozenset[str]) -> str:
+    return choose(Source(source), Dest(dest), supported)
+
+
+def available_paths(supported: frozenset[str]) -> tuple[str, ...]:
+    return tuple(p for p in _paths.PATHS if p in supported and not _paths.is_disabled(p))
+
+
+# -- the plan a transmission follows ------------------------------------------
+
+class Plan:
+    """A path plus everything its byte-moving loop needs, fixed at the start."""
+
+    __slots__ = (
+        "path", "src", "dest", "count", "excluded", "supported",
+        "reader", "src_fd", "memory", "start", "length", "keeper",
+        "drain", "chunk", "blksize",
+    )
+
+    def __init__(self, source: Any, dest: Any, count: Any,
+                 supported: frozenset[str], excluded: frozenset[str] = frozenset(),
+                 *, _src: Optional[Source] = None, _dest: Optional[Dest] = None) -> None:
+        self.count = check_count(count) if _src is None else count
+        self.src = src = _src or Source(source)
+        self.dest = _dest or Dest(dest)
+        self.supported = supported
+        self.excluded = excluded
+        self.path = choose(src, self.dest, supported, excluded)
+        obj = src.obj
+        self.reader = obj
+        self.src_fd = src.fd
+        self.memory: Optional[memoryview] = None
+        self.start = -1          # where the body starts, when positional
+        self.length = self.count  # bytes to send; -1 = until EOF
+        self.keeper = None       # object whose position is set to start + sent
+        self.drain = None        # buffered reader whose buffer goes before a splice
+        blksize = src.wrapper.blksize if src.wrapper is not None else DEFAULT_BLKSIZE
+        self.blksize = blksize
+        self.chunk = max(blksize, MIN_CHUNK)
+
+        if src.kind == Source.FILE:
+            if obj.writable():
+                obj.flush()  # unflushed writes are not in the file sendfile reads
+            if stat.S_ISREG(src.mode):
+                self.start = obj.tell()
+                if src.size > 0:
+                    # Fixed now, so a file that grows cannot overrun the response.
+                    self._limit(max(src.size - self.start, 0))
+                if self.path == SENDFILE:
+                    self.keeper = obj
+                self.chunk = max(blksize, READ_CHUNK)
+            elif self.path == SPLICE and isinstance(obj, io.BufferedReader):
+                self.drain = obj
+        elif src.kind in (Source.MAPPING, Source.BUFFER):
+            if src.kind == Source.MAPPING:
+                self.keeper = obj
+                self.start = obj.tell()
+            elif src.wrapper is not None:
+                self.keeper = src.wrapper
+                self.start = src.wrapper.tell()
+            else:
+                self.start = 0
+            memory = _byte_view(obj)
+            self._limit(max(len(memory) - self.start, 0))
+            if self.path == MMAP:
+                self.memory = memory
+            else:
+                memory.release()
+                if src.kind == Source.BUFFER:
+                    self.reader = _MemoryReader(obj, self.start)
+                else:
+                    self.keeper = None  # mmap.read() moves its own position
+
+    def _limit(self, available: int) -> None:
+        self.length = available if self.length < 0 else min(self.length, available)
+
+    def fallback(self, exc: OSError) -> Optional["Plan"]:
+        """The next plan after *exc* ended this one before its first body byte.
+
+        Only the kernel's zero-copy paths are given up: the others fail the
+        same way whatever path follows them.
+        """
+        if self.path not in (SENDFILE, SPLICE) or exc.errno not in UNSUPPORTED_ERRNOS:
+            return None
+        log.debug("%s failed before the first byte (%s): trying the next path",
+                  self.path, exc)
+        self.release()
+        return Plan(None, None, self.count, self.supported,
+                    self.excluded | {self.path}, _src=self.src, _dest=self.dest)
+
+    def finish(self, sent: int) -> None:
+        """Leave the source just after the last byte sent; let go of memory."""
+        self.release()
+        if self.keeper is not None:
+            self.keeper.seek(self.start + sent)
+            self.keeper = None
+
+    def release(self) -> None:
+        if self.memory is not None:
+            self.memory.release()
+            self.memory = None
+
+
+def _byte_view(obj: Any) -> memoryview:
+    view = memoryview(obj)
+    if view.ndim == 1 and view.format == "B":
+        return view
+    if view.c_contiguous:
+        return view.cast("B")
+    # A strided array: one copy makes it sendable, in the order read() would give.
+    flat = memoryview(view.tobytes())
+    view.release()
+    return flat
+
+
+class _MemoryReader:
+    """read()/readinto() over a buffer, for when the mmap path is switched off."""
+
+    __slots__ = ("_view", "_pos")
+
+    def __init__(self, obj: Any, start: int) -> None:
+        self._view = _byte_view(obj)
+        self._pos = start
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), len(self._view) - self._pos)
+        buf[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n < 0 else min(self._pos + n, len(self._view))
+        data = self._view[self._pos:end].tobytes()
+        self._pos = end
+        return data
+
+
+def wait_readable(obj: Any, timeout: Optional[float] = None) -> None:
+    """Wait until a non-blocking source whose read() returned None has data."""
+    try:
+        fd = obj.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd < 0 or not hasattr(select, "poll"):
+        time.sleep(0.001)  # nothing to poll: back off briefly rather than spin
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if not poller.poll(None if timeout is None else int(timeout * 1000)):
+        raise TimeoutError(f"the source had no data for {timeout} s")

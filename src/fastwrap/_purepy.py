@@ -1,0 +1,497 @@
+"""The pure-Python engine: the same types as the compiled one, built on os.*.
+
+Used where the extension is not built, and when FASTWRAP_NO_EXTENSIONS=1.
+Every decision comes from :mod:`fastwrap._plan`; this module only moves bytes.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any, Optional
+
+from . import _plan, _response
+from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE
+from ._plan import check_blksize, check_count, check_filelike, check_headers
+
+IMPLEMENTATION = "python"
+
+SUPPORTED_PATHS = frozenset(
+    path for path, present in (
+        (SENDFILE, hasattr(os, "sendfile")),
+        (SPLICE, hasattr(os, "splice")),  # Python 3.10+, Linux
+        (MMAP, True),
+        (READINTO, True),
+        (READ, True),
+    ) if present
+)
+
+# Linux refuses larger single transfers (MAX_RW_COUNT = INT_MAX & PAGE_MASK).
+MAX_CALL = 0x7FFFF000
+PIPE_CHUNK = 1 << 20
+TLS_CHUNK = 256 * 1024
+
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0)
+_TCP_CORK = getattr(socket, "TCP_CORK", None)
+_CAN_MASK = hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGPIPE")
+
+try:
+    import ssl
+    _SSL_WANT_WRITE: Any = ssl.SSLWantWriteError
+    _SSL_WANT_READ: Any = ssl.SSLWantReadError
+except ImportError:  # pragma: no cover
+    _SSL_WANT_WRITE = _SSL_WANT_READ = ()
+
+
+def select_path(source: Any, dest: Any) -> str:
+    """The path a transmission of *source* to *dest* would take now."""
+    return _plan.select_path(source, dest, SUPPORTED_PATHS)
+
+
+def available_paths() -> tuple[str, ...]:
+    """The paths this engine can use on this platform, less the disabled ones."""
+    return _plan.available_paths(SUPPORTED_PATHS)
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file in blksize chunks, or transmit it."""
+
+    def __init__(self, filelike: Any, blksize: int = _plan.DEFAULT_BLKSIZE) -> None:
+        check_filelike(filelike)
+        self.blksize = check_blksize(blksize)
+        self.filelike = filelike
+        self._closed = False
+        # Bytes-like objects have no position of their own: the wrapper keeps it.
+        self._memory: Optional[memoryview] = None
+        self._position = 0
+        if not isinstance(filelike, mmap.mmap) and not hasattr(filelike, "read"):
+            self._memory = _plan._byte_view(filelike)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __iter__(self) -> "FileWrapper":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed:
+            raise ValueError("I/O operation on closed FileWrapper")
+        if self._memory is not None:
+            start = self._position
+            chunk = self._memory[start:start + self.blksize].tobytes()
+            self._position = start + len(chunk)
+        else:
+            read = self.filelike.read
+            chunk = read(self.blksize)
+            while chunk is None:  # a non-blocking raw file with nothing yet
+                _plan.wait_readable(self.filelike)
+                chunk = read(self.blksize)
+            if type(chunk) is not bytes:
+                if isinstance(chunk, str):
+                    raise _plan.text_chunk_error(chunk)
+                chunk = bytes(chunk)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        """Close the wrapped object (once), through its ``close`` of this moment."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._memory is not None:
+            self._memory.release()
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "FileWrapper":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def seekable(self) -> bool:
+        if self._memory is not None:
+            return True
+        seekable = getattr(self.filelike, "seekable", None)
+        return bool(seekable()) if seekable is not None else False
+
+    def tell(self) -> int:
+        if self._memory is not None:
+            return self._position
+        return self.filelike.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if self._memory is None:
+            return self.filelike.seek(offset, whence)
+        base = (0, self._position, len(self._memory))[whence]
+        position = base + offset
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        self._position = position
+        return position
+
+    def transmit(self, dest: Any, count: Optional[int] = None,
+                 headers: Any = b"") -> int:
+        """Send the file to *dest* from its current position; return body bytes sent."""
+        return _run(Transmission(self, dest, count, headers))
+
+
+class Transmission:
+    """A transmission that advances one non-blocking step at a time."""
+
+    def __init__(self, source: Any, dest: Any, count: Optional[int] = None,
+                 headers: Any = b"") -> None:
+        self._plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
+        self._prefix = check_headers(headers)
+        self._prefix_more = False
+        self.sent = 0
+        self.done = False
+        self._pending: Optional[memoryview] = None  # body bytes read, not yet sent
+        self._buffer: Optional[memoryview] = None
+        self._pipe: Optional[tuple[int, int]] = None
+        self._in_pipe = 0
+        self._wait = (self._plan.dest.fd, select.POLLOUT)
+        if self._plan.length == 0 and not self._prefix:
+            self._finish()
+
+    @property
+    def path(self) -> str:
+        """The path carrying the body: sendfile, splice, mmap, readinto or read."""
+        return self._plan.path
+
+    def send(self) -> int:
+        """Do one non-blocking step; return the bytes (headers included) it sent.
+
+        Raises BlockingIOError when nothing could be sent.
+        """
+        if self.done:
+            return 0
+        plan = self._plan
+        guard = _SigpipeGuard() if _CAN_MASK else None
+        moved = 0
+        try:
+            try:
+                if self._prefix:
+                    moved += self._send_prefix()
+                if not self._prefix:
+                    moved += self._body()
+            except BlockingIOError:
+                if moved:
+                    return moved
+                raise
+            except _SSL_WANT_WRITE:
+                if moved:
+                    return moved
+                raise BlockingIOError(errno.EAGAIN, "TLS socket not writable") from None
+            except _SSL_WANT_READ:
+                self._wait = (plan.dest.fd, select.POLLIN)
+                if moved:
+                    return moved
+                raise BlockingIOError(errno.EAGAIN, "TLS socket must read first") from None
+            except OSError as exc:
+                successor = plan.fallback(exc) if self.sent == 0 else None
+                if successor is None:
+                    raise
+                self._plan = successor
+                return moved + self.send()
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if guard is not None:
+                guard.restore()
+        return moved
+
+    def close(self) -> None:
+        """Stop: leave the source just after the last byte sent, free the pipe."""
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+        if not self.done:
+            self.done = True
+            pending = self._pending
+            self._pending = None
+            if pending and self._plan.path in (READ, READINTO):
+                _unread(self._plan.reader, len(pending))
+            self._plan.finish(self.sent)
+
+    def __enter__(self) -> "Transmission":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_pipe", None) is not None:
+            self.close()
+
+    # -- the steps -----------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self._prefix_more and self.sent == 0:
+            _push(self._plan.dest)
+        self.close()
+
+    def _remaining(self) -> int:
+        length = self._plan.length
+        return -1 if length < 0 else length - self.sent
+
+    def _send_prefix(self) -> int:
+        dest = self._plan.dest
+        prefix = self._prefix
+        more = self._plan.length != 0
+        if dest.tls:
+            n = dest.sock.send(prefix)
+        elif dest.is_socket and isinstance(dest.sock, socket.socket):
+            # MSG_MORE holds the headers back to leave with the first body bytes.
+            flags = _MSG_NOSIGNAL | (_MSG_MORE if more else 0)
+            n = dest.sock.send(prefix, flags)
+            self._prefix_more = more and bool(_MSG_MORE)
+        else:
+            n = os.write(dest.fd, prefix)
+        self._prefix = prefix[n:]
+        if not self._prefix and self._plan.length == 0:
+            self._finish()
+        return n
+
+    def _body(self) -> int:
+        path = self._plan.path
+        if path == SENDFILE:
+            moved = self._sendfile()
+        elif path == SPLICE:
+            moved = self._splice()
+        elif path == MMAP:
+            moved = self._memory()
+        else:
+            moved = self._read_loop(path == READINTO)
+        return moved
+
+    def _advance(self, n: int) -> None:
+        self.sent += n
+        if self.sent == self._plan.length:
+            self._finish()
+
+    def _sendfile(self) -> int:
+        plan = self._plan
+        moved = 0
+        while not self.done:
+            n = os.sendfile(plan.dest.fd, plan.src_fd, plan.start + self.sent,
+                            min(self._remaining(), MAX_CALL))
+            if n == 0:  # EOF: the file is shorter than it was at the start
+                self._finish()
+                break
+            moved += n
+            self._advance(n)
+        return moved
+
+    def _splice(self) -> int:
+        plan = self._plan
+        moved = 0
+        if plan.drain is not None:
+            # Bytes a buffered reader already took from the pipe go first.
+            reader = plan.drain
+            plan.drain = None
+            held = len(reader.peek())
+            want = held if self._remaining() < 0 else min(held, self._remaining())
+            self._pending = memoryview(reader.read(want))
+            if not self._pending:
+                self._finish()
+                return 0
+        if self._pending:
+            moved += self._flush_pending()
+        src_is_pipe = _plan.stat.S_ISFIFO(plan.src.mode)
+        while not self.done:
+            remaining = self._remaining()
+            want = PIPE_CHUNK if remaining < 0 else min(remaining, PIPE_CHUNK)
+            if src_is_pipe:
+                n = os.splice(plan.src_fd, plan.dest.fd, want, flags=_SPLICE_FLAGS)
+                if n == 0:
+                    self._finish()
+                    break
+            else:
+                if self._pipe is None:
+                    self._pipe = _make_pipe()
+                if self._in_pipe == 0:
+                    n = os.splice(plan.src_fd, self._pipe[1], want, flags=_SPLICE_FLAGS)
+                    if n == 0:
+                        self._finish()
+                        break
+                    self._in_pipe = n
+                n = os.splice(self._pipe[0], plan.dest.fd, self._in_pipe,
+                              flags=_SPLICE_FLAGS)
+                self._in_pipe -= n
+            moved += n
+            self._advance(n)
+        return moved
+
+    def _memory(self) -> int:
+        plan = self._plan
+        dest = plan.dest
+        memory = plan.memory
+        moved = 0
+        while not self.done:
+            start = plan.start + self.sent
+            if dest.tls:
+                n = dest.sock.send(memory[start:start + min(self._remaining(), TLS_CHUNK)])
+            else:
+                n = os.write(dest.fd, memory[start:start + min(self._remaining(), MAX_CALL)])
+            moved += n
+            self._advance(n)
+        return moved
+
+    def _read_loop(self, use_readinto: bool) -> int:
+        plan = self._plan
+        reader = plan.reader
+        moved = 0
+        if self._pending:
+            moved += self._flush_pending()
+        while not self.done:
+            remaining = self._remaining()
+            want = plan.chunk if remaining < 0 else min(plan.chunk, remaining)
+            if use_readinto:
+                if self._buffer is None:
+                    self._buffer = memoryview(bytearray(plan.chunk))
+                n = reader.readinto(self._buffer[:want])
+                chunk = None if n is None else self._buffer[:n]
+            else:
+                data = reader.read(want)
+                if isinstance(data, str):
+                    raise _plan.text_chunk_error(data)
+                chunk = None if data is None else memoryview(data)[:want]
+            if chunk is None:  # a non-blocking source with nothing yet
+                self._wait_for_source()
+                if moved:
+                    return moved
+                raise BlockingIOError(errno.EAGAIN, "the source has no data yet")
+            if not chunk:
+                self._finish()
+                break
+            self._pending = chunk
+            moved += self._flush_pending()
+        return moved
+
+    def _flush_pending(self) -> int:
+        """Send the bytes already read; raises BlockingIOError if none could go."""
+        dest = self._plan.dest
+        moved = 0
+        while self._pending:
+            if dest.tls:
+                n = dest.sock.send(self._pending)
+            else:
+                n = os.write(dest.fd, self._pending)
+            self._pending = self._pending[n:]
+            moved += n
+            self._advance(n)
+            if self.done:
+                break
+        self._wait = (dest.fd, select.POLLOUT)
+        return moved
+
+    def _wait_for_source(self) -> None:
+        try:
+            fd = self._plan.reader.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        self._wait = (fd, select.POLLIN) if fd >= 0 else (self._plan.dest.fd, select.POLLOUT)
+
+    def _block(self, timeout: Optional[float]) -> None:
+        """Wait until the end that stopped the last step is ready again."""
+        fd, events = self._wait
+        self._wait = (self._plan.dest.fd, select.POLLOUT)
+        poller = select.poll()
+        poller.register(fd, events)
+        if not poller.poll(None if timeout is None else max(int(timeout * 1000), 1)):
+            raise TimeoutError(
+                f"no progress for {timeout} s: the peer stopped reading")
+
+
+def _run(tx: Transmission) -> int:
+    """Drive *tx* to the end, waiting as the destination's timeout allows."""
+    timeout = tx._plan.dest.timeout
+    try:
+        _plan.check_blocking(tx._plan.dest)
+        while not tx.done:
+            try:
+                tx.send()
+            except BlockingIOError:
+                tx._block(timeout)
+            except socket.timeout as exc:  # an alias of TimeoutError from 3.10
+                raise TimeoutError(*exc.args) from None
+    finally:
+        tx.close()
+    return tx.sent
+
+
+def transmit_file(source: Any, dest: Any, count: Optional[int] = None,
+                  headers: Any = b"") -> int:
+    """Blocking transmission of *source* (a file, buffer or FileWrapper)."""
+    return _run(Transmission(source, dest, count, headers))
+
+
+def _unread(reader: Any, n: int) -> None:
+    # A chunk was read but not all of it left: put the position back after
+    # the last byte sent, as the read() loop would have it.
+    try:
+        if reader.seekable():
+            reader.seek(-n, os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _make_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_CHUNK)
+        except OSError:
+            pass  # over /proc/sys/fs/pipe-max-size: the default size still works
+    return r, w
+
+
+def _push(dest: _plan.Dest) -> None:
+    # Headers sent with MSG_MORE and no body after them: release them now
+    # rather than after the kernel's 200 ms cork timeout.
+    if _TCP_CORK is not None and dest.sock is not None:
+        try:
+            dest.sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+        except OSError:
+            pass
+
+
+class _SigpipeGuard:
+    """Block SIGPIPE in this thread while bytes move, when it is not ignored.
+
+    sendfile(2) and splice(2) cannot take MSG_NOSIGNAL; an embedding host that
+    left SIGPIPE at its default would otherwise die on a client disconnect.
+    """
+
+    __slots__ = ("_old", "_was_pending")
+
+    def __init__(self) -> None:
+        self._old = None
+        if signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN:
+            return
+        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+        self._was_pending = signal.SIGPIPE in signal.sigpending()
+
+    def restore(self) -> None:
+        if self._old is None:
+            return
+        if not self._was_pending and signal.SIGPIPE in signal.sigpending():
+            signal.sigtimedwait({signal.SIGPIPE}, 0)  # ours: EPIPE reports it
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+
+
+_plan.register_wrapper(FileWrapper)
+transmit = _response.make_transmit(transmit_file)

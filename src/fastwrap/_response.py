@@ -1,0 +1,53 @@
+"""fastwrap.transmit: send any WSGI response iterable, the fast way when it can."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Iterable, Optional
+
+from . import _plan
+
+
+def make_transmit(transmit_file: Callable[..., int]) -> Callable[..., int]:
+    """Bind the response sender to one engine's blocking file transmission."""
+
+    def transmit(dest: Any, result: Iterable[bytes], count: Optional[int] = None,
+                 headers: Any = b"") -> int:
+        """Send a WSGI response body (after *headers*) to *dest*; return body bytes sent.
+
+        A fastwrap ``FileWrapper``, or a ``wsgiref.util.FileWrapper`` around a
+        binary file, is transmitted from its current position along the
+        fastest path; any other iterable is sent chunk by chunk.  Never more
+        than *count* body bytes leave.  The caller still owns *result* and
+        calls its ``close()``, as PEP 3333 asks of servers.
+        """
+        limit = _plan.check_count(count)
+        if isinstance(result, _plan._wrapper_types) or _is_binary_wsgiref_wrapper(result):
+            return transmit_file(result, dest, count, headers)
+        sent = 0
+        for chunk in result:
+            if isinstance(chunk, str):
+                raise TypeError(
+                    "the response iterable yielded str: WSGI bodies must be bytes")
+            if limit >= 0:
+                chunk = memoryview(chunk)[:limit - sent]
+            if chunk or headers:
+                sent += transmit_file(chunk, dest, None, headers)
+                headers = b""
+            if sent == limit:
+                break
+        if headers:  # an empty body: the headers still go
+            transmit_file(b"", dest, None, headers)
+        return sent
+
+    return transmit
+
+
+def _is_binary_wsgiref_wrapper(result: Any) -> bool:
+    util = sys.modules.get("wsgiref.util")
+    if util is None or not isinstance(result, util.FileWrapper):
+        return False
+    try:
+        _plan.check_filelike(result.filelike)
+    except (TypeError, ValueError):
+        return False  # e.g. a StringIO: iterate it as wsgiref would
+    return True
