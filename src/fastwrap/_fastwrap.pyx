@@ -1,0 +1,642 @@
+# cython: language_level=3, embedsignature=True
+"""The compiled engine: FileWrapper and Transmission with their loops in C.
+
+Every decision (path, start, length, fallback) comes from fastwrap._plan,
+shared with the pure-Python twin; this module moves bytes.  The GIL is
+released around every call that can block, EINTR is retried after checking
+for Python signals, and EAGAIN is waited out with poll() for at most the
+socket's timeout.
+"""
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int64_t
+
+import errno as _errno
+import mmap as _mmap
+import os as _os
+import socket as _socket
+import stat as _stat
+
+from fastwrap import _plan, _response
+from fastwrap._paths import MMAP, READ, READINTO, SENDFILE, SPLICE
+
+try:
+    from ssl import SSLWantReadError as _SSLWantRead, SSLWantWriteError as _SSLWantWrite
+except ImportError:
+    _SSLWantRead = _SSLWantWrite = ()
+
+cdef extern from "_platform.h" nogil:
+    int FW_HAVE_SENDFILE
+    int FW_HAVE_SPLICE
+    int64_t FW_MAX_CALL
+    int64_t FW_PIPE_CHUNK
+    int POLLIN
+    int POLLOUT
+    ctypedef struct fw_sigpipe_guard:
+        int active
+    ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count)
+    ssize_t fw_splice(int in_fd, int out_fd, int64_t count, int more)
+    ssize_t fw_write(int fd, const char *buf, int64_t count, int is_socket, int more)
+    int fw_poll(int fd, int events, int timeout_ms)
+    int fw_would_block(int err)
+    int fw_pipe(int *fds)
+    void fw_close_pipe(int *fds)
+    void fw_push(int fd)
+    void fw_sigpipe_block(fw_sigpipe_guard *g)
+    void fw_sigpipe_restore(fw_sigpipe_guard *g)
+
+IMPLEMENTATION = "cython"
+
+SUPPORTED_PATHS = frozenset(
+    path for path, present in (
+        (SENDFILE, FW_HAVE_SENDFILE),
+        (SPLICE, FW_HAVE_SPLICE),
+        (MMAP, True),
+        (READINTO, True),
+        (READ, True),
+    ) if present
+)
+
+cdef int TLS_CHUNK = 256 * 1024
+cdef enum:
+    P_SENDFILE, P_SPLICE, P_MMAP, P_READINTO, P_READ
+
+_PATH_CODES = {SENDFILE: P_SENDFILE, SPLICE: P_SPLICE, MMAP: P_MMAP,
+               READINTO: P_READINTO, READ: P_READ}
+
+
+def select_path(source, dest):
+    """The path a transmission of *source* to *dest* would take now."""
+    return _plan.select_path(source, dest, SUPPORTED_PATHS)
+
+
+def available_paths():
+    """The paths this engine can use on this platform, less the disabled ones."""
+    return _plan.available_paths(SUPPORTED_PATHS)
+
+
+cdef inline int _raise_errno(int err) except -1:
+    raise OSError(err, _os.strerror(err))
+
+
+cdef class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file in blksize chunks, or transmit it."""
+
+    cdef public object filelike
+    cdef public Py_ssize_t blksize
+    cdef bint _closed
+    cdef bint _is_memory
+    cdef Py_buffer _memory
+    cdef Py_ssize_t _position
+
+    def __cinit__(self):
+        self._is_memory = False
+
+    def __init__(self, filelike, blksize=_plan.DEFAULT_BLKSIZE):
+        _plan.check_filelike(filelike)
+        self.blksize = _plan.check_blksize(blksize)
+        self.filelike = filelike
+        self._closed = False
+        self._position = 0
+        if self._is_memory:
+            PyBuffer_Release(&self._memory)
+            self._is_memory = False
+        if not isinstance(filelike, _mmap.mmap) and not hasattr(filelike, "read"):
+            PyObject_GetBuffer(_plan._byte_view(filelike), &self._memory, PyBUF_SIMPLE)
+            self._is_memory = True
+
+    def __dealloc__(self):
+        if self._is_memory:
+            PyBuffer_Release(&self._memory)
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Py_ssize_t n
+        if self._closed:
+            raise ValueError("I/O operation on closed FileWrapper")
+        if self._is_memory:
+            n = min(self.blksize, self._memory.len - self._position)
+            if n <= 0:
+                raise StopIteration
+            chunk = PyBytes_FromStringAndSize(
+                <char *>self._memory.buf + self._position, n)
+            self._position += n
+            return chunk
+        read = self.filelike.read
+        chunk = read(self.blksize)
+        while chunk is None:  # a non-blocking raw file with nothing yet
+            _plan.wait_readable(self.filelike)
+            chunk = read(self.blksize)
+        if type(chunk) is not bytes:
+            if isinstance(chunk, str):
+                raise _plan.text_chunk_error(chunk)
+            chunk = bytes(chunk)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def close(self):
+        """Close the wrapped object (once), through its ``close`` of this moment."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._is_memory:
+            PyBuffer_Release(&self._memory)
+            self._is_memory = False
+            self._position = -1  # marks a closed memory wrapper for seek/tell
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def seekable(self):
+        if self._is_memory:
+            return True
+        seekable = getattr(self.filelike, "seekable", None)
+        return bool(seekable()) if seekable is not None else False
+
+    def tell(self):
+        if self._is_memory:
+            return self._position
+        return self.filelike.tell()
+
+    def seek(self, offset, whence=0):
+        if not self._is_memory:
+            return self.filelike.seek(offset, whence)
+        base = (0, self._position, self._memory.len)[whence]
+        position = base + offset
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        self._position = position
+        return position
+
+    def transmit(self, dest, count=None, headers=b""):
+        """Send the file to *dest* from its current position; return body bytes sent."""
+        return (<Transmission>Transmission(self, dest, count, headers))._run()
+
+
+cdef class Transmission:
+    """A transmission that advances one non-blocking step at a time."""
+
+    cdef object _plan
+    cdef readonly int64_t sent
+    cdef readonly bint done
+    cdef int _path
+    cdef int _dest_fd
+    cdef int _src_fd
+    cdef bint _is_socket
+    cdef bint _tls
+    cdef bint _src_is_pipe
+    cdef int64_t _length
+    cdef int64_t _offset
+    # headers still to send
+    cdef object _prefix
+    cdef bint _prefix_more
+    # body bytes read but not yet sent, and the memory of the mmap path
+    cdef object _pending
+    cdef Py_buffer _pend
+    cdef bint _have_pend
+    cdef Py_ssize_t _pend_off
+    cdef Py_buffer _mem
+    cdef bint _have_mem
+    cdef object _buffer
+    cdef int _pipe[2]
+    cdef int64_t _in_pipe
+    cdef bint _blocked
+    cdef int _wait_fd
+    cdef int _wait_events
+
+    def __cinit__(self):
+        self._pipe[0] = -1
+        self._pipe[1] = -1
+        self._have_pend = False
+        self._have_mem = False
+        self.done = True  # until __init__ has a plan
+
+    def __init__(self, source, dest, count=None, headers=b""):
+        plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
+        self._prefix = _plan.check_headers(headers)
+        self._prefix_more = False
+        self.sent = 0
+        self.done = False
+        self._adopt(plan)
+        if self._length == 0 and not self._prefix:
+            self._finish()
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef _adopt(self, plan):
+        self._release_memory()
+        self._plan = plan
+        self._path = _PATH_CODES[plan.path]
+        self._dest_fd = plan.dest.fd
+        self._src_fd = plan.src_fd
+        self._is_socket = plan.dest.is_socket
+        self._tls = plan.dest.tls
+        self._src_is_pipe = _stat.S_ISFIFO(plan.src.mode)
+        self._length = plan.length
+        self._offset = plan.start
+        self._wait_fd = self._dest_fd
+        self._wait_events = POLLOUT
+        if self._path == P_MMAP and not self._tls:
+            PyObject_GetBuffer(plan.memory, &self._mem, PyBUF_SIMPLE)
+            self._have_mem = True
+
+    @property
+    def path(self):
+        """The path carrying the body: sendfile, splice, mmap, readinto or read."""
+        return self._plan.path
+
+    def send(self):
+        """Do one non-blocking step; return the bytes (headers included) it sent.
+
+        Raises BlockingIOError when nothing could be sent.
+        """
+        cdef int64_t moved = self._step()
+        if moved == 0 and self._blocked and not self.done:
+            raise BlockingIOError(_errno.EAGAIN, "no bytes could be sent now")
+        return moved
+
+    def close(self):
+        """Stop: leave the source just after the last byte sent, free the pipe."""
+        self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._close()
+
+    # -- driving -------------------------------------------------------------
+
+    cdef int64_t _run(self) except -1:
+        """Drive the transmission to its end, waiting as the dest's timeout allows."""
+        cdef int timeout_ms = -1
+        cdef int rc, err
+        try:
+            dest = self._plan.dest
+            _plan.check_blocking(dest)
+            if dest.timeout is not None:
+                timeout_ms = <int>min(max(dest.timeout * 1000.0, 1.0), 2147483647.0)
+            while not self.done:
+                self._step()
+                if self.done or not self._blocked:
+                    continue
+                with nogil:
+                    rc = fw_poll(self._wait_fd, self._wait_events, timeout_ms)
+                    err = errno
+                if rc == 0:
+                    raise TimeoutError(
+                        f"no progress for {dest.timeout} s: the peer stopped reading")
+                if rc < 0:
+                    if err != EINTR:
+                        _raise_errno(err)
+                    PyErr_CheckSignals()
+                self._wait_fd = self._dest_fd
+                self._wait_events = POLLOUT
+        except _socket.timeout as exc:  # an alias of TimeoutError from 3.10
+            raise TimeoutError(*exc.args) from None
+        finally:
+            self._close()
+        return self.sent
+
+    cdef int64_t _step(self) except -1:
+        cdef fw_sigpipe_guard guard
+        cdef int64_t moved = 0
+        if self.done:
+            return 0
+        self._blocked = False
+        fw_sigpipe_block(&guard)
+        try:
+            if self._prefix:
+                moved += self._send_prefix()
+            while not self._prefix and not self.done:
+                try:
+                    moved += self._body()
+                    break
+                except OSError as exc:
+                    if self.sent != 0 or isinstance(exc, BlockingIOError):
+                        raise
+                    successor = self._plan.fallback(exc)
+                    if successor is None:
+                        raise
+                    self._adopt(successor)
+        except BaseException:
+            self._close()
+            raise
+        finally:
+            fw_sigpipe_restore(&guard)
+        return moved
+
+    cdef int64_t _body(self) except -1:
+        if self._path == P_SENDFILE:
+            return self._sendfile()
+        if self._path == P_SPLICE:
+            return self._splice()
+        if self._path == P_MMAP:
+            return self._memory()
+        return self._read_loop(self._path == P_READINTO)
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    cdef inline int64_t _remaining(self):
+        return -1 if self._length < 0 else self._length - self.sent
+
+    cdef int _advance(self, int64_t n) except -1:
+        self.sent += n
+        if self.sent == self._length:
+            self._finish()
+        return 0
+
+    cdef int _finish(self) except -1:
+        if self._prefix_more and self.sent == 0:
+            fw_push(self._dest_fd)
+        self._close()
+        return 0
+
+    cdef int _would_block(self, int fd, int events) except -1:
+        self._blocked = True
+        self._wait_fd = fd
+        self._wait_events = events
+        return 0
+
+    cdef _release_memory(self):
+        if self._have_mem:
+            PyBuffer_Release(&self._mem)
+            self._have_mem = False
+
+    cdef _release(self):
+        self._release_memory()
+        if self._have_pend:
+            PyBuffer_Release(&self._pend)
+            self._have_pend = False
+        fw_close_pipe(self._pipe)
+
+    cdef _close(self):
+        if self.done and self._pipe[0] < 0:
+            return
+        self._release()
+        if not self.done:
+            self.done = True
+            unsent = self._pending
+            self._pending = None
+            if unsent is not None and self._path in (P_READ, P_READINTO):
+                _unread(self._plan.reader, len(unsent) - self._pend_off)
+            self._plan.finish(self.sent)
+
+    # -- writing -------------------------------------------------------------
+
+    cdef int64_t _write(self, const char *buf, int64_t count, bint more) except -2:
+        """One write to dest: bytes written, or -1 if it would block."""
+        cdef ssize_t n
+        cdef int err
+        while True:
+            with nogil:
+                n = fw_write(self._dest_fd, buf, count, self._is_socket, more)
+                err = errno
+            if n >= 0:
+                return n
+            if err == EINTR:
+                PyErr_CheckSignals()
+            elif fw_would_block(err):
+                self._would_block(self._dest_fd, POLLOUT)
+                return -1
+            else:
+                _raise_errno(err)
+
+    cdef int64_t _tls_send(self, view) except -2:
+        """One TLS write: bytes written, or -1 if it would block."""
+        try:
+            return self._plan.dest.sock.send(view)
+        except _SSLWantWrite:
+            self._would_block(self._dest_fd, POLLOUT)
+        except _SSLWantRead:
+            self._would_block(self._dest_fd, POLLIN)
+        except BlockingIOError:
+            self._would_block(self._dest_fd, POLLOUT)
+        return -1
+
+    cdef int64_t _send_prefix(self) except -1:
+        cdef int64_t n
+        cdef const unsigned char[::1] prefix = self._prefix
+        more = self._length != 0 and self._is_socket and not self._tls
+        if self._tls:
+            n = self._tls_send(self._prefix)
+        else:
+            # MSG_MORE holds the headers back to leave with the first body bytes.
+            n = self._write(<const char *>&prefix[0], prefix.shape[0], more)
+        if n < 0:
+            return 0
+        self._prefix_more = more
+        self._prefix = self._prefix[n:]
+        if not self._prefix and self._length == 0:
+            self._finish()
+        return n
+
+    cdef int _hold(self, obj) except -1:
+        """Make obj the pending body bytes (they must all leave before more are read)."""
+        if self._have_pend:
+            PyBuffer_Release(&self._pend)
+            self._have_pend = False
+        self._pending = obj
+        self._pend_off = 0
+        PyObject_GetBuffer(obj, &self._pend, PyBUF_SIMPLE)
+        self._have_pend = True
+        return 0
+
+    cdef int64_t _flush_pending(self) except -1:
+        cdef int64_t moved = 0, n
+        while self._pending is not None and not self.done:
+            if self._pend_off == self._pend.len:
+                break
+            if self._tls:
+                n = self._tls_send(memoryview(self._pending)[self._pend_off:])
+            else:
+                n = self._write(<const char *>self._pend.buf + self._pend_off,
+                                self._pend.len - self._pend_off, False)
+            if n < 0:
+                return moved
+            self._pend_off += n
+            moved += n
+            self._advance(n)
+        if self._have_pend and (self.done or self._pend_off == self._pend.len):
+            PyBuffer_Release(&self._pend)
+            self._have_pend = False
+            self._pending = None
+        return moved
+
+    # -- the paths ---------------------------------------------------------------
+
+    cdef int64_t _sendfile(self) except -1:
+        cdef int64_t moved = 0
+        cdef ssize_t n
+        cdef int err
+        while not self.done:
+            with nogil:
+                n = fw_sendfile(self._dest_fd, self._src_fd, &self._offset,
+                                self._length - self.sent)
+                err = errno
+            if n > 0:
+                moved += n
+                self._advance(n)
+            elif n == 0:  # EOF: the file is shorter than it was at the start
+                self._finish()
+            elif err == EINTR:
+                PyErr_CheckSignals()
+            elif fw_would_block(err):
+                self._would_block(self._dest_fd, POLLOUT)
+                break
+            else:
+                _raise_errno(err)
+        return moved
+
+    cdef int64_t _splice(self) except -1:
+        cdef int64_t moved = 0, want, remaining
+        cdef ssize_t n
+        cdef int err, src_fd, dst_fd
+        cdef bint refill
+        plan = self._plan
+        if plan.drain is not None:
+            # Bytes a buffered reader already took from the pipe go first.
+            reader = plan.drain
+            plan.drain = None
+            held = len(reader.peek())
+            remaining = self._remaining()
+            self._hold(reader.read(held if remaining < 0 else min(held, remaining)))
+            if self._pend.len == 0:
+                self._finish()
+                return 0
+        if self._pending is not None:
+            moved += self._flush_pending()
+            if self._pending is not None:
+                return moved
+        if not self._src_is_pipe and self._pipe[0] < 0:
+            if fw_pipe(self._pipe) < 0:
+                _raise_errno(errno)
+        while not self.done:
+            remaining = self._remaining()
+            want = FW_PIPE_CHUNK if remaining < 0 else min(remaining, FW_PIPE_CHUNK)
+            refill = not self._src_is_pipe and self._in_pipe == 0
+            if self._src_is_pipe:
+                src_fd, dst_fd = self._src_fd, self._dest_fd
+            elif refill:
+                src_fd, dst_fd = self._src_fd, self._pipe[1]
+            else:
+                src_fd, dst_fd, want = self._pipe[0], self._dest_fd, self._in_pipe
+            with nogil:
+                n = fw_splice(src_fd, dst_fd, want, remaining < 0 or remaining > want)
+                err = errno
+            if n > 0:
+                if refill:
+                    self._in_pipe = n
+                    continue
+                if not self._src_is_pipe:
+                    self._in_pipe -= n
+                moved += n
+                self._advance(n)
+            elif n == 0:  # EOF
+                self._finish()
+            elif err == EINTR:
+                PyErr_CheckSignals()
+            elif fw_would_block(err):
+                if dst_fd == self._dest_fd:
+                    self._would_block(self._dest_fd, POLLOUT)
+                else:
+                    self._would_block(self._src_fd, POLLIN)
+                break
+            else:
+                _raise_errno(err)
+        return moved
+
+    cdef int64_t _memory(self) except -1:
+        cdef int64_t moved = 0, n, start
+        memory = self._plan.memory
+        while not self.done:
+            start = self._offset + self.sent
+            if self._tls:
+                n = self._tls_send(memory[start:start + min(self._remaining(), TLS_CHUNK)])
+            else:
+                n = self._write(<const char *>self._mem.buf + start,
+                                self._remaining(), False)
+            if n < 0:
+                break
+            moved += n
+            self._advance(n)
+        return moved
+
+    cdef int64_t _read_loop(self, bint use_readinto) except -1:
+        cdef int64_t moved = 0, remaining, want
+        plan = self._plan
+        reader = plan.reader
+        chunk_size = plan.chunk
+        if self._pending is not None:
+            moved += self._flush_pending()
+            if self._pending is not None:
+                return moved
+        while not self.done:
+            remaining = self._remaining()
+            want = chunk_size if remaining < 0 else min(chunk_size, remaining)
+            if use_readinto:
+                if self._buffer is None:
+                    self._buffer = memoryview(bytearray(chunk_size))
+                n = reader.readinto(self._buffer[:want])
+                chunk = None if n is None else self._buffer[:n]
+            else:
+                data = reader.read(want)
+                if isinstance(data, str):
+                    raise _plan.text_chunk_error(data)
+                chunk = None if data is None else memoryview(data)[:want]
+            if chunk is None:  # a non-blocking source with nothing yet
+                self._wait_for_source(reader)
+                break
+            if len(chunk) == 0:
+                self._finish()
+                break
+            self._hold(chunk)
+            moved += self._flush_pending()
+            if self._pending is not None:
+                break
+        return moved
+
+    cdef _wait_for_source(self, reader):
+        try:
+            fd = reader.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        if fd >= 0:
+            self._would_block(fd, POLLIN)
+        else:
+            self._would_block(self._dest_fd, POLLOUT)
+
+
+def transmit_file(source, dest, count=None, headers=b""):
+    """Blocking transmission of *source* (a file, buffer or FileWrapper)."""
+    return (<Transmission>Transmission(source, dest, count, headers))._run()
+
+
+def _unread(reader, n):
+    # A chunk was read but not all of it left: put the position back after
+    # the last byte sent, as the read() loop would have it.
+    try:
+        if n and reader.seekable():
+            reader.seek(-n, _os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+transmit = _response.make_transmit(transmit_file)
+_plan.register_wrapper(FileWrapper)
