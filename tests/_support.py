@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 LINUX = sys.platform.startswith("linux")
+
+import pytest  # noqa: E402
+
+needs_linux = pytest.mark.skipif(not LINUX, reason="Linux-only kernel behaviour")
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: How long a helper waits for a peer before calling the test hung.  Only a

@@ -409,6 +409,7 @@ cdef class Transmission:
                 n = fw_write(self._dest_fd, buf, count, self._is_socket, more)
                 err = errno
             if n >= 0:
+                PyErr_CheckSignals()
                 return n
             if err == EINTR:
                 PyErr_CheckSignals()
@@ -493,6 +494,8 @@ cdef class Transmission:
             if n > 0:
                 moved += n
                 self._advance(n)
+                # Interrupted after some progress, sendfile returns a count, not EINTR.
+                PyErr_CheckSignals()
             elif n == 0:  # EOF: the file is shorter than it was at the start
                 self._finish()
             elif err == EINTR:
@@ -548,6 +551,7 @@ cdef class Transmission:
                     self._in_pipe -= n
                 moved += n
                 self._advance(n)
+                PyErr_CheckSignals()
             elif n == 0:  # EOF
                 self._finish()
             elif err == EINTR:
@@ -567,11 +571,17 @@ cdef class Transmission:
         memory = self._plan.memory
         while not self.done:
             start = self._offset + self.sent
-            if self._tls:
-                n = self._tls_send(memory[start:start + min(self._remaining(), TLS_CHUNK)])
-            else:
-                n = self._write(<const char *>self._mem.buf + start,
-                                self._remaining(), False)
+            try:
+                if self._tls:
+                    n = self._tls_send(memory[start:start + min(self._remaining(), TLS_CHUNK)])
+                else:
+                    n = self._write(<const char *>self._mem.buf + start,
+                                    self._remaining(), False)
+            except OSError as exc:
+                if not self._plan.source_shrank(exc):
+                    raise
+                self._finish()
+                break
             if n < 0:
                 break
             moved += n

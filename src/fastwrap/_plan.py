@@ -13,6 +13,7 @@ import mmap
 import operator
 import os
 import select
+import socket
 import stat
 import sys
 import tempfile
@@ -160,6 +161,10 @@ class Dest:
             if gettimeout is not None:
                 self.timeout = gettimeout()
                 self.sock = dest
+        if type(dest) is socket.socket:  # the common case needs no fstat
+            self.tls = False
+            self.is_socket = True
+            return
         self.tls = ssl is not None and isinstance(dest, ssl.SSLSocket)
         # Also proves the descriptor is open before any byte moves.
         self.is_socket = stat.S_ISSOCK(os.fstat(self.fd).st_mode)
@@ -185,16 +190,17 @@ class Source:
 
     def __init__(self, source: Any) -> None:
         wrapper = None
-        if isinstance(source, _wrapper_types):
-            wrapper = source
-            if source.closed:
-                raise ValueError("I/O operation on closed FileWrapper")
-            source = source.filelike
-        elif _is_wsgiref_wrapper(source):
-            source = source.filelike
-        source = _unwrap_tempfile(source)
-        if wrapper is None:
-            check_filelike(source)
+        if type(source) not in _FD_FILE_TYPES:  # plain files need no more checks
+            if isinstance(source, _wrapper_types):
+                wrapper = source
+                if source.closed:
+                    raise ValueError("I/O operation on closed FileWrapper")
+                source = source.filelike
+            elif _is_wsgiref_wrapper(source):
+                source = source.filelike
+            source = _unwrap_tempfile(source)
+            if wrapper is None:
+                check_filelike(source)
         self.obj = source
         self.wrapper = wrapper
         self.fd = -1
@@ -237,6 +243,11 @@ def _unwrap_tempfile(obj: Any) -> Any:
 
 
 def _is_fd_file(obj: Any) -> bool:
+    cls = type(obj)
+    if cls is io.FileIO:
+        return True
+    if cls is io.BufferedReader or cls is io.BufferedRandom:
+        return type(obj.raw) is io.FileIO
     for base in _FD_FILE_TYPES:
         if isinstance(obj, base):
             cls = type(obj)
@@ -393,6 +404,16 @@ class Plan:
         self.release()
         return Plan(None, None, self.count, self.supported,
                     self.excluded | {self.path}, _src=self.src, _dest=self.dest)
+
+    def source_shrank(self, exc: OSError) -> bool:
+        """Whether *exc* means the file behind an mmap got shorter mid-send.
+
+        The kernel reports a mapped page past the new end of file as EFAULT
+        when send() copies from it: the transfer ends there, short, as
+        sendfile's does at EOF.
+        """
+        return (self.path == MMAP and self.src.kind == Source.MAPPING
+                and exc.errno == errno.EFAULT)
 
     def finish(self, sent: int) -> None:
         """Leave the source just after the last byte sent; let go of memory."""

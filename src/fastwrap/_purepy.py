@@ -13,13 +13,18 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from . import _plan, _response
 from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE
 from ._plan import check_blksize, check_count, check_filelike, check_headers
 
 IMPLEMENTATION = "python"
+
+# What the API accepts, for type checkers: a file object or bytes-like
+# source, and a socket, descriptor or object with fileno() as dest.
+_FileLike = Any
+_Dest = Union[int, Any]
 
 SUPPORTED_PATHS = frozenset(
     path for path, present in (
@@ -342,10 +347,16 @@ class Transmission:
         moved = 0
         while not self.done:
             start = plan.start + self.sent
-            if dest.tls:
-                n = dest.sock.send(memory[start:start + min(self._remaining(), TLS_CHUNK)])
-            else:
-                n = os.write(dest.fd, memory[start:start + min(self._remaining(), MAX_CALL)])
+            try:
+                if dest.tls:
+                    n = dest.sock.send(memory[start:start + min(self._remaining(), TLS_CHUNK)])
+                else:
+                    n = os.write(dest.fd, memory[start:start + min(self._remaining(), MAX_CALL)])
+            except OSError as exc:
+                if not plan.source_shrank(exc):
+                    raise
+                self._finish()
+                break
             moved += n
             self._advance(n)
         return moved
