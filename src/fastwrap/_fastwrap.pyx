@@ -328,8 +328,11 @@ cdef class Transmission:
                 try:
                     moved += self._body()
                     break
+                except BlockingIOError:  # e.g. from a buffered reader's peek()
+                    self._would_block(self._dest_fd, POLLOUT)
+                    break
                 except OSError as exc:
-                    if self.sent != 0 or isinstance(exc, BlockingIOError):
+                    if self.sent != 0:
                         raise
                     successor = self._plan.fallback(exc)
                     if successor is None:
@@ -600,16 +603,19 @@ cdef class Transmission:
         while not self.done:
             remaining = self._remaining()
             want = chunk_size if remaining < 0 else min(chunk_size, remaining)
-            if use_readinto:
-                if self._buffer is None:
-                    self._buffer = memoryview(bytearray(chunk_size))
-                n = reader.readinto(self._buffer[:want])
-                chunk = None if n is None else self._buffer[:n]
-            else:
-                data = reader.read(want)
-                if isinstance(data, str):
-                    raise _plan.text_chunk_error(data)
-                chunk = None if data is None else memoryview(data)[:want]
+            try:
+                if use_readinto:
+                    if self._buffer is None:
+                        self._buffer = memoryview(bytearray(chunk_size))
+                    n = reader.readinto(self._buffer[:want])
+                    chunk = None if n is None else self._buffer[:n]
+                else:
+                    data = reader.read(want)
+                    if isinstance(data, str):
+                        raise _plan.text_chunk_error(data)
+                    chunk = None if data is None else memoryview(data)[:want]
+            except BlockingIOError:  # a buffered reader over a non-blocking raw file
+                chunk = None
             if chunk is None:  # a non-blocking source with nothing yet
                 self._wait_for_source(reader)
                 break

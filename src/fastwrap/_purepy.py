@@ -161,6 +161,7 @@ class Transmission:
         self._prefix_more = False
         self.sent = 0
         self.done = False
+        self._moved = 0  # by the current step, headers included
         self._pending: Optional[memoryview] = None  # body bytes read, not yet sent
         self._buffer: Optional[memoryview] = None
         self._pipe: Optional[tuple[int, int]] = None
@@ -181,41 +182,33 @@ class Transmission:
         """
         if self.done:
             return 0
-        plan = self._plan
+        self._moved = 0
         guard = _SigpipeGuard() if _CAN_MASK else None
-        moved = 0
         try:
-            try:
-                if self._prefix:
-                    moved += self._send_prefix()
-                if not self._prefix:
-                    moved += self._body()
-            except BlockingIOError:
-                if moved:
-                    return moved
+            if self._prefix:
+                self._send_prefix()
+            if not self._prefix:
+                self._body()
+        except (BlockingIOError, _SSL_WANT_WRITE, _SSL_WANT_READ) as exc:
+            if isinstance(exc, _SSL_WANT_READ):
+                self._wait = (self._plan.dest.fd, select.POLLIN)
+            if not self._moved:
+                raise BlockingIOError(errno.EAGAIN, "no bytes could be sent now") from None
+        except OSError as exc:
+            successor = self._plan.fallback(exc) if self.sent == 0 else None
+            if successor is None:
+                self.close()
                 raise
-            except _SSL_WANT_WRITE:
-                if moved:
-                    return moved
-                raise BlockingIOError(errno.EAGAIN, "TLS socket not writable") from None
-            except _SSL_WANT_READ:
-                self._wait = (plan.dest.fd, select.POLLIN)
-                if moved:
-                    return moved
-                raise BlockingIOError(errno.EAGAIN, "TLS socket must read first") from None
-            except OSError as exc:
-                successor = plan.fallback(exc) if self.sent == 0 else None
-                if successor is None:
-                    raise
-                self._plan = successor
-                return moved + self.send()
+            self._plan = successor
+            moved = self._moved
+            return moved + self.send()
         except BaseException:
             self.close()
             raise
         finally:
             if guard is not None:
                 guard.restore()
-        return moved
+        return self._moved
 
     def close(self) -> None:
         """Stop: leave the source just after the last byte sent, free the pipe."""
@@ -266,43 +259,39 @@ class Transmission:
         else:
             n = os.write(dest.fd, prefix)
         self._prefix = prefix[n:]
+        self._moved += n
         if not self._prefix and self._plan.length == 0:
             self._finish()
-        return n
 
-    def _body(self) -> int:
+    def _body(self) -> None:
         path = self._plan.path
         if path == SENDFILE:
-            moved = self._sendfile()
+            self._sendfile()
         elif path == SPLICE:
-            moved = self._splice()
+            self._splice()
         elif path == MMAP:
-            moved = self._memory()
+            self._memory()
         else:
-            moved = self._read_loop(path == READINTO)
-        return moved
+            self._read_loop(path == READINTO)
 
     def _advance(self, n: int) -> None:
+        self._moved += n
         self.sent += n
         if self.sent == self._plan.length:
             self._finish()
 
-    def _sendfile(self) -> int:
+    def _sendfile(self) -> None:
         plan = self._plan
-        moved = 0
         while not self.done:
             n = os.sendfile(plan.dest.fd, plan.src_fd, plan.start + self.sent,
                             min(self._remaining(), MAX_CALL))
             if n == 0:  # EOF: the file is shorter than it was at the start
                 self._finish()
                 break
-            moved += n
             self._advance(n)
-        return moved
 
-    def _splice(self) -> int:
+    def _splice(self) -> None:
         plan = self._plan
-        moved = 0
         if plan.drain is not None:
             # Bytes a buffered reader already took from the pipe go first.
             reader = plan.drain
@@ -312,9 +301,9 @@ class Transmission:
             self._pending = memoryview(reader.read(want))
             if not self._pending:
                 self._finish()
-                return 0
+                return
         if self._pending:
-            moved += self._flush_pending()
+            self._flush_pending()
         src_is_pipe = _plan.stat.S_ISFIFO(plan.src.mode)
         while not self.done:
             remaining = self._remaining()
@@ -336,15 +325,12 @@ class Transmission:
                 n = os.splice(self._pipe[0], plan.dest.fd, self._in_pipe,
                               flags=_SPLICE_FLAGS)
                 self._in_pipe -= n
-            moved += n
             self._advance(n)
-        return moved
 
-    def _memory(self) -> int:
+    def _memory(self) -> None:
         plan = self._plan
         dest = plan.dest
         memory = plan.memory
-        moved = 0
         while not self.done:
             start = plan.start + self.sent
             try:
@@ -357,57 +343,49 @@ class Transmission:
                     raise
                 self._finish()
                 break
-            moved += n
             self._advance(n)
-        return moved
 
-    def _read_loop(self, use_readinto: bool) -> int:
+    def _read_loop(self, use_readinto: bool) -> None:
         plan = self._plan
         reader = plan.reader
-        moved = 0
         if self._pending:
-            moved += self._flush_pending()
+            self._flush_pending()
         while not self.done:
             remaining = self._remaining()
             want = plan.chunk if remaining < 0 else min(plan.chunk, remaining)
-            if use_readinto:
-                if self._buffer is None:
-                    self._buffer = memoryview(bytearray(plan.chunk))
-                n = reader.readinto(self._buffer[:want])
-                chunk = None if n is None else self._buffer[:n]
-            else:
-                data = reader.read(want)
-                if isinstance(data, str):
-                    raise _plan.text_chunk_error(data)
-                chunk = None if data is None else memoryview(data)[:want]
+            try:
+                if use_readinto:
+                    if self._buffer is None:
+                        self._buffer = memoryview(bytearray(plan.chunk))
+                    n = reader.readinto(self._buffer[:want])
+                    chunk = None if n is None else self._buffer[:n]
+                else:
+                    data = reader.read(want)
+                    if isinstance(data, str):
+                        raise _plan.text_chunk_error(data)
+                    chunk = None if data is None else memoryview(data)[:want]
+            except BlockingIOError:  # a buffered reader over a non-blocking raw file
+                chunk = None
             if chunk is None:  # a non-blocking source with nothing yet
                 self._wait_for_source()
-                if moved:
-                    return moved
                 raise BlockingIOError(errno.EAGAIN, "the source has no data yet")
             if not chunk:
                 self._finish()
                 break
             self._pending = chunk
-            moved += self._flush_pending()
-        return moved
+            self._flush_pending()
 
-    def _flush_pending(self) -> int:
-        """Send the bytes already read; raises BlockingIOError if none could go."""
+    def _flush_pending(self) -> None:
+        """Send the bytes already read; raises BlockingIOError if they cannot all go."""
         dest = self._plan.dest
-        moved = 0
-        while self._pending:
+        self._wait = (dest.fd, select.POLLOUT)
+        while self._pending and not self.done:
             if dest.tls:
                 n = dest.sock.send(self._pending)
             else:
                 n = os.write(dest.fd, self._pending)
             self._pending = self._pending[n:]
-            moved += n
             self._advance(n)
-            if self.done:
-                break
-        self._wait = (dest.fd, select.POLLOUT)
-        return moved
 
     def _wait_for_source(self) -> None:
         try:
