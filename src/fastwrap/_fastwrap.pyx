@@ -130,15 +130,7 @@ cdef class FileWrapper:
                 <char *>self._memory.buf + self._position, n)
             self._position += n
             return chunk
-        read = self.filelike.read
-        chunk = read(self.blksize)
-        while chunk is None:  # a non-blocking raw file with nothing yet
-            _plan.wait_readable(self.filelike)
-            chunk = read(self.blksize)
-        if type(chunk) is not bytes:
-            if isinstance(chunk, str):
-                raise _plan.text_chunk_error(chunk)
-            chunk = bytes(chunk)
+        chunk = _plan.read_chunk(self.filelike, self.blksize)
         if not chunk:
             raise StopIteration
         return chunk
@@ -377,6 +369,16 @@ cdef class Transmission:
         self._wait_events = events
         return 0
 
+    cdef int _failed(self, int err, int fd, int events) except -1:
+        """After a failed call: 0 to try again, 1 if it would block; else raise."""
+        if err == EINTR:
+            PyErr_CheckSignals()  # a handler that raises ends the transmission
+            return 0
+        if fw_would_block(err):
+            self._would_block(fd, events)
+            return 1
+        _raise_errno(err)
+
     cdef _release_memory(self):
         if self._have_mem:
             PyBuffer_Release(&self._mem)
@@ -414,13 +416,8 @@ cdef class Transmission:
             if n >= 0:
                 PyErr_CheckSignals()
                 return n
-            if err == EINTR:
-                PyErr_CheckSignals()
-            elif fw_would_block(err):
-                self._would_block(self._dest_fd, POLLOUT)
+            if self._failed(err, self._dest_fd, POLLOUT):
                 return -1
-            else:
-                _raise_errno(err)
 
     cdef int64_t _tls_send(self, view) except -2:
         """One TLS write: bytes written, or -1 if it would block."""
@@ -501,13 +498,8 @@ cdef class Transmission:
                 PyErr_CheckSignals()
             elif n == 0:  # EOF: the file is shorter than it was at the start
                 self._finish()
-            elif err == EINTR:
-                PyErr_CheckSignals()
-            elif fw_would_block(err):
-                self._would_block(self._dest_fd, POLLOUT)
+            elif self._failed(err, self._dest_fd, POLLOUT):
                 break
-            else:
-                _raise_errno(err)
         return moved
 
     cdef int64_t _splice(self) except -1:
@@ -557,16 +549,11 @@ cdef class Transmission:
                 PyErr_CheckSignals()
             elif n == 0:  # EOF
                 self._finish()
-            elif err == EINTR:
-                PyErr_CheckSignals()
-            elif fw_would_block(err):
-                if dst_fd == self._dest_fd:
-                    self._would_block(self._dest_fd, POLLOUT)
-                else:
-                    self._would_block(self._src_fd, POLLIN)
+            elif dst_fd == self._dest_fd:
+                if self._failed(err, self._dest_fd, POLLOUT):
+                    break
+            elif self._failed(err, self._src_fd, POLLIN):
                 break
-            else:
-                _raise_errno(err)
         return moved
 
     cdef int64_t _memory(self) except -1:
@@ -603,19 +590,9 @@ cdef class Transmission:
         while not self.done:
             remaining = self._remaining()
             want = chunk_size if remaining < 0 else min(chunk_size, remaining)
-            try:
-                if use_readinto:
-                    if self._buffer is None:
-                        self._buffer = memoryview(bytearray(chunk_size))
-                    n = reader.readinto(self._buffer[:want])
-                    chunk = None if n is None else self._buffer[:n]
-                else:
-                    data = reader.read(want)
-                    if isinstance(data, str):
-                        raise _plan.text_chunk_error(data)
-                    chunk = None if data is None else memoryview(data)[:want]
-            except BlockingIOError:  # a buffered reader over a non-blocking raw file
-                chunk = None
+            if use_readinto and self._buffer is None:
+                self._buffer = memoryview(bytearray(chunk_size))
+            chunk = _plan.fill(reader, self._buffer, want)
             if chunk is None:  # a non-blocking source with nothing yet
                 self._wait_for_source(reader)
                 break

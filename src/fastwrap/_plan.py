@@ -123,6 +123,39 @@ def check_headers(headers: Any) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
+def read_chunk(filelike: Any, blksize: int) -> bytes:
+    """The next chunk of a FileWrapper's iteration: read(blksize) as bytes."""
+    chunk = filelike.read(blksize)
+    while chunk is None:  # a non-blocking raw file with nothing yet
+        wait_readable(filelike)
+        chunk = filelike.read(blksize)
+    if type(chunk) is not bytes:
+        if isinstance(chunk, str):
+            raise text_chunk_error(chunk)
+        chunk = bytes(chunk)
+    return chunk
+
+
+def fill(reader: Any, buffer: Optional[memoryview], want: int) -> Optional[memoryview]:
+    """Up to *want* bytes from *reader*: readinto *buffer*, or read() if it is None.
+
+    Returns None when a non-blocking source has nothing yet, and an empty
+    view at EOF.  Never more than *want* bytes, whatever read() returned.
+    """
+    try:
+        if buffer is not None:
+            n = reader.readinto(buffer[:want])
+            return None if n is None else buffer[:n]
+        data = reader.read(want)
+    except BlockingIOError:  # a buffered reader over a non-blocking raw file
+        return None
+    if data is None:
+        return None
+    if isinstance(data, str):
+        raise text_chunk_error(data)
+    return memoryview(data)[:want]
+
+
 def text_chunk_error(chunk: Any) -> TypeError:
     return TypeError(
         f"read() returned {type(chunk).__name__}, not bytes: "

@@ -94,15 +94,7 @@ class FileWrapper:
             chunk = self._memory[start:start + self.blksize].tobytes()
             self._position = start + len(chunk)
         else:
-            read = self.filelike.read
-            chunk = read(self.blksize)
-            while chunk is None:  # a non-blocking raw file with nothing yet
-                _plan.wait_readable(self.filelike)
-                chunk = read(self.blksize)
-            if type(chunk) is not bytes:
-                if isinstance(chunk, str):
-                    raise _plan.text_chunk_error(chunk)
-                chunk = bytes(chunk)
+            chunk = _plan.read_chunk(self.filelike, self.blksize)
         if not chunk:
             raise StopIteration
         return chunk
@@ -353,19 +345,9 @@ class Transmission:
         while not self.done:
             remaining = self._remaining()
             want = plan.chunk if remaining < 0 else min(plan.chunk, remaining)
-            try:
-                if use_readinto:
-                    if self._buffer is None:
-                        self._buffer = memoryview(bytearray(plan.chunk))
-                    n = reader.readinto(self._buffer[:want])
-                    chunk = None if n is None else self._buffer[:n]
-                else:
-                    data = reader.read(want)
-                    if isinstance(data, str):
-                        raise _plan.text_chunk_error(data)
-                    chunk = None if data is None else memoryview(data)[:want]
-            except BlockingIOError:  # a buffered reader over a non-blocking raw file
-                chunk = None
+            if use_readinto and self._buffer is None:
+                self._buffer = memoryview(bytearray(plan.chunk))
+            chunk = _plan.fill(reader, self._buffer, want)
             if chunk is None:  # a non-blocking source with nothing yet
                 self._wait_for_source()
                 raise BlockingIOError(errno.EAGAIN, "the source has no data yet")
