@@ -6,7 +6,6 @@ Every decision comes from :mod:`fastwrap._plan`; this module only moves bytes.
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import select
@@ -14,6 +13,11 @@ import signal
 import socket
 import sys
 from typing import Any, Optional, Union
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from . import _plan, _response
 from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE
@@ -422,7 +426,7 @@ def _unread(reader: Any, n: int) -> None:
 
 def _make_pipe() -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
-    if hasattr(fcntl, "F_SETPIPE_SZ"):
+    if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux, Python 3.10+
         try:
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_CHUNK)
         except OSError:
