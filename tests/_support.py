@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import io
 import mmap
 import os
@@ -17,14 +18,15 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 LINUX = sys.platform.startswith("linux")
 
 import pytest  # noqa: E402
 
 needs_linux = pytest.mark.skipif(not LINUX, reason="Linux-only kernel behaviour")
-SRC = Path(__file__).resolve().parents[1] / "src"
+# The directory the fastwrap under test is imported from (src/ in a checkout).
+SRC = Path(importlib.util.find_spec("fastwrap").origin).resolve().parents[1]
 
 #: How long a helper waits for a peer before calling the test hung.  Only a
 #: guard against hanging the whole run: no test asserts on elapsed time.
@@ -42,14 +44,14 @@ def open_fds() -> int:
 
 
 def run_python(code: str, *, env: Optional[dict] = None, timeout: float = HANG,
-               **kwargs: Any) -> subprocess.CompletedProcess:
+               args: Sequence[str] = (), **kwargs: Any) -> subprocess.CompletedProcess:
     """Run *code* in a fresh interpreter that imports fastwrap from src/."""
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("FASTWRAP_NO_EXTENSIONS", "FASTWRAP_DISABLE")}
     full_env["PYTHONPATH"] = os.pathsep.join(
         [str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code, *args], env=full_env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 
 
@@ -144,6 +146,11 @@ class Link:
             self.finish()
         return result, reader.result()
 
+    def shrink_buffers(self, size: int = 64 * 1024) -> None:
+        """Small kernel buffers, so that a peer that does not read blocks the sender soon."""
+        self.dest.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
     def close(self) -> None:
         for sock in (self.dest, self.peer):
             with contextlib.suppress(OSError):
@@ -185,6 +192,19 @@ def make_link(kind: str, tls: Optional[tuple[ssl.SSLContext, ssl.SSLContext]] = 
             raise box["error"]
         return Link(kind, dest, box["peer"])
     raise ValueError(kind)
+
+
+def send_until_blocked(tx: Any) -> int:
+    """Call send() until it raises BlockingIOError; return what the calls reported."""
+    moved = 0
+    for _ in range(100_000):
+        try:
+            moved += tx.send()
+        except BlockingIOError:
+            return moved
+        if tx.done:
+            raise AssertionError("the transmission ended before the peer's buffer filled")
+    raise AssertionError("send() never raised BlockingIOError")
 
 
 def drive(tx: Any, sock: Any, *, on_block: Optional[Callable[[], None]] = None) -> int:

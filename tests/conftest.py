@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 
 import pytest
@@ -70,6 +71,19 @@ def _restore_disabled_paths():
     fastwrap.enable(*switchable)
     if before:
         fastwrap.disable(*before)
+
+
+@pytest.fixture(autouse=True)
+def _empty_tmp_path(request):
+    """Leave no test file behind (sparse gigabyte files included)."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is not None and tmp.exists():
+        for child in tmp.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 @pytest.fixture

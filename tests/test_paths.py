@@ -7,7 +7,6 @@ import io
 import logging
 import mmap
 import os
-import sys
 import tempfile
 import wsgiref.util
 

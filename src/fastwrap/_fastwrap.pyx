@@ -104,7 +104,7 @@ cdef class FileWrapper:
             PyBuffer_Release(&self._memory)
             self._is_memory = False
         if not isinstance(filelike, _mmap.mmap) and not hasattr(filelike, "read"):
-            PyObject_GetBuffer(_plan._byte_view(filelike), &self._memory, PyBUF_SIMPLE)
+            PyObject_GetBuffer(_plan.byte_view(filelike), &self._memory, PyBUF_SIMPLE)
             self._is_memory = True
 
     def __dealloc__(self):
@@ -324,9 +324,7 @@ cdef class Transmission:
                     self._would_block(self._dest_fd, POLLOUT)
                     break
                 except OSError as exc:
-                    if self.sent != 0:
-                        raise
-                    successor = self._plan.fallback(exc)
+                    successor = self._plan.fallback(exc, self.sent)
                     if successor is None:
                         raise
                     self._adopt(successor)
@@ -515,6 +513,7 @@ cdef class Transmission:
             held = len(reader.peek())
             remaining = self._remaining()
             self._hold(reader.read(held if remaining < 0 else min(held, remaining)))
+            plan.drained = self._pend.len
             if self._pend.len == 0:
                 self._finish()
                 return 0

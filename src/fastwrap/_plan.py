@@ -364,7 +364,7 @@ class Plan:
     __slots__ = (
         "path", "src", "dest", "count", "excluded", "supported",
         "reader", "src_fd", "memory", "start", "length", "keeper",
-        "drain", "chunk", "blksize",
+        "drain", "drained", "chunk", "blksize",
     )
 
     def __init__(self, source: Any, dest: Any, count: Any,
@@ -384,6 +384,7 @@ class Plan:
         self.length = self.count  # bytes to send; -1 = until EOF
         self.keeper = None       # object whose position is set to start + sent
         self.drain = None        # buffered reader whose buffer goes before a splice
+        self.drained = 0         # body bytes that came from that buffer
         blksize = src.wrapper.blksize if src.wrapper is not None else DEFAULT_BLKSIZE
         self.blksize = blksize
         self.chunk = max(blksize, MIN_CHUNK)
@@ -410,7 +411,7 @@ class Plan:
                 self.start = src.wrapper.tell()
             else:
                 self.start = 0
-            memory = _byte_view(obj)
+            memory = byte_view(obj)
             self._limit(max(len(memory) - self.start, 0))
             if self.path == MMAP:
                 self.memory = memory
@@ -424,13 +425,17 @@ class Plan:
     def _limit(self, available: int) -> None:
         self.length = available if self.length < 0 else min(self.length, available)
 
-    def fallback(self, exc: OSError) -> Optional["Plan"]:
+    def fallback(self, exc: OSError, sent: int) -> Optional["Plan"]:
         """The next plan after *exc* ended this one before its first body byte.
 
-        Only the kernel's zero-copy paths are given up: the others fail the
-        same way whatever path follows them.
+        Only the kernel's zero-copy paths are given up (the others fail the
+        same way whatever path follows them), and only while no byte has
+        left by their own syscalls: bytes drained from a buffered reader's
+        buffer came out of the source already, so the next path goes on
+        after them.
         """
-        if self.path not in (SENDFILE, SPLICE) or exc.errno not in UNSUPPORTED_ERRNOS:
+        if (self.path not in (SENDFILE, SPLICE) or sent != self.drained
+                or exc.errno not in UNSUPPORTED_ERRNOS):
             return None
         log.debug("%s failed before the first byte (%s): trying the next path",
                   self.path, exc)
@@ -461,7 +466,7 @@ class Plan:
             self.memory = None
 
 
-def _byte_view(obj: Any) -> memoryview:
+def byte_view(obj: Any) -> memoryview:
     view = memoryview(obj)
     if view.ndim == 1 and view.format == "B":
         return view
@@ -479,7 +484,7 @@ class _MemoryReader:
     __slots__ = ("_view", "_pos")
 
     def __init__(self, obj: Any, start: int) -> None:
-        self._view = _byte_view(obj)
+        self._view = byte_view(obj)
         self._pos = start
 
     def readinto(self, buf: Any) -> int:

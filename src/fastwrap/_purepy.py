@@ -81,7 +81,7 @@ class FileWrapper:
         self._memory: Optional[memoryview] = None
         self._position = 0
         if not isinstance(filelike, mmap.mmap) and not hasattr(filelike, "read"):
-            self._memory = _plan._byte_view(filelike)
+            self._memory = _plan.byte_view(filelike)
 
     @property
     def closed(self) -> bool:
@@ -191,7 +191,7 @@ class Transmission:
             if not self._moved:
                 raise BlockingIOError(errno.EAGAIN, "no bytes could be sent now") from None
         except OSError as exc:
-            successor = self._plan.fallback(exc) if self.sent == 0 else None
+            successor = self._plan.fallback(exc, self.sent)
             if successor is None:
                 self.close()
                 raise
@@ -295,6 +295,7 @@ class Transmission:
             held = len(reader.peek())
             want = held if self._remaining() < 0 else min(held, self._remaining())
             self._pending = memoryview(reader.read(want))
+            plan.drained = len(self._pending)
             if not self._pending:
                 self._finish()
                 return

@@ -1,0 +1,54 @@
+"""python -m fastwrap info: the engine and the paths it can take."""
+from __future__ import annotations
+
+from _support import run_python
+
+import fastwrap
+
+INFO = "import sys, runpy; sys.argv = ['fastwrap', *sys.argv[1:]]; " \
+       "runpy.run_module('fastwrap', run_name='__main__')"
+
+
+def _env(engine, **extra):
+    env = {"FASTWRAP_NO_EXTENSIONS": "1"} if engine.IMPLEMENTATION == "python" else {}
+    env.update(extra)
+    return env
+
+
+def _paths_section(stdout):
+    lines = stdout.splitlines()
+    start = lines.index("paths:")
+    return dict(line.split(None, 1) for line in lines[start + 1:] if line.strip())
+
+
+def test_info_prints_implementation_and_every_path(engine):
+    proc = run_python(INFO, env=_env(engine), args=["info"])
+    assert proc.returncode == 0, proc.stderr
+    assert f"implementation: {engine.IMPLEMENTATION}" in proc.stdout.splitlines()
+    assert f"fastwrap {fastwrap.__version__}" in proc.stdout
+    states = _paths_section(proc.stdout)
+    assert list(states) == list(fastwrap.PATHS)
+    for path in fastwrap.PATHS:
+        available = path in engine.SUPPORTED_PATHS
+        assert (states[path] == "available") is available, (path, states[path])
+
+
+def test_info_reports_disabled_paths(engine):
+    proc = run_python(INFO, env=_env(engine, FASTWRAP_DISABLE="sendfile,mmap"), args=["info"])
+    assert proc.returncode == 0, proc.stderr
+    states = _paths_section(proc.stdout)
+    assert "disabled" in states["sendfile"] and "disabled" in states["mmap"]
+    assert states["read"] == "available"
+
+
+def test_python_dash_m_fastwrap_info_runs(engine):
+    proc = run_python("import subprocess, sys; sys.exit(subprocess.call("
+                      "[sys.executable, '-m', 'fastwrap', 'info']))", env=_env(engine))
+    assert proc.returncode == 0, proc.stderr
+    assert f"implementation: {engine.IMPLEMENTATION}" in proc.stdout
+
+
+def test_no_command_is_a_usage_error(engine):
+    proc = run_python(INFO, env=_env(engine))
+    assert proc.returncode == 2
+    assert "usage" in proc.stderr.lower()
