@@ -67,8 +67,13 @@ with open(path, "wb") as f:
 def pipe():
     r, w = os.pipe()
     def feed():
+        # Enough for several writes, so a TCP peer's RST is seen; this thread
+        # blocks SIGPIPE itself, since it is not the code under test.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGPIPE}})
         try:
-            os.write(w, b"p" * 60000)
+            os.write(w, b"p" * (1 << 20))
+        except OSError:
+            pass
         finally:
             os.close(w)
     threading.Thread(target=feed).start()

@@ -215,11 +215,17 @@ static void fw_sigpipe_restore(fw_sigpipe_guard *g)
     if (!g->active)
         return;
     if (!g->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
-        struct timespec zero = {0, 0};
         sigemptyset(&only);
         sigaddset(&only, SIGPIPE);
+#if defined(__APPLE__)
+        /* No sigtimedwait on macOS; SIGPIPE is pending, so sigwait returns at once. */
+        int sig;
+        (void)sigwait(&only, &sig);
+#else
+        struct timespec zero = {0, 0};
         while (sigtimedwait(&only, NULL, &zero) == -1 && errno == EINTR)
             ;
+#endif
     }
     pthread_sigmask(SIG_SETMASK, &g->old, NULL);
     g->active = 0;

@@ -50,6 +50,8 @@ _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0)
 _TCP_CORK = getattr(socket, "TCP_CORK", None)
 _CAN_MASK = hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGPIPE")
+_POLLIN = getattr(select, "POLLIN", 1)
+_POLLOUT = getattr(select, "POLLOUT", 4)
 
 try:
     import ssl
@@ -162,7 +164,7 @@ class Transmission:
         self._buffer: Optional[memoryview] = None
         self._pipe: Optional[tuple[int, int]] = None
         self._in_pipe = 0
-        self._wait = (self._plan.dest.fd, select.POLLOUT)
+        self._wait = (self._plan.dest.fd, _POLLOUT)
         if self._plan.length == 0 and not self._prefix:
             self._finish()
 
@@ -187,7 +189,7 @@ class Transmission:
                 self._body()
         except (BlockingIOError, _SSL_WANT_WRITE, _SSL_WANT_READ) as exc:
             if isinstance(exc, _SSL_WANT_READ):
-                self._wait = (self._plan.dest.fd, select.POLLIN)
+                self._wait = (self._plan.dest.fd, _POLLIN)
             if not self._moved:
                 raise BlockingIOError(errno.EAGAIN, "no bytes could be sent now") from None
         except OSError as exc:
@@ -365,7 +367,7 @@ class Transmission:
     def _flush_pending(self) -> None:
         """Send the bytes already read; raises BlockingIOError if they cannot all go."""
         dest = self._plan.dest
-        self._wait = (dest.fd, select.POLLOUT)
+        self._wait = (dest.fd, _POLLOUT)
         while self._pending and not self.done:
             if dest.tls:
                 n = dest.sock.send(self._pending)
@@ -379,15 +381,13 @@ class Transmission:
             fd = self._plan.reader.fileno()
         except (AttributeError, OSError, ValueError):
             fd = -1
-        self._wait = (fd, select.POLLIN) if fd >= 0 else (self._plan.dest.fd, select.POLLOUT)
+        self._wait = (fd, _POLLIN) if fd >= 0 else (self._plan.dest.fd, _POLLOUT)
 
     def _block(self, timeout: Optional[float]) -> None:
         """Wait until the end that stopped the last step is ready again."""
         fd, events = self._wait
-        self._wait = (self._plan.dest.fd, select.POLLOUT)
-        poller = select.poll()
-        poller.register(fd, events)
-        if not poller.poll(None if timeout is None else max(int(timeout * 1000), 1)):
+        self._wait = (self._plan.dest.fd, _POLLOUT)
+        if not _ready(fd, events, timeout):
             raise TimeoutError(
                 f"no progress for {timeout} s: the peer stopped reading")
 
@@ -413,6 +413,18 @@ def transmit_file(source: Any, dest: Any, count: Optional[int] = None,
                   headers: Any = b"") -> int:
     """Blocking transmission of *source* (a file, buffer or FileWrapper)."""
     return _run(Transmission(source, dest, count, headers))
+
+
+def _ready(fd: int, events: int, timeout: Optional[float]) -> bool:
+    """Wait for *events* on *fd*; False if *timeout* seconds passed first."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, events)
+        return bool(poller.poll(None if timeout is None else max(int(timeout * 1000), 1)))
+    # Windows: select() takes sockets only, which is what a dest is there.
+    want_read = events & _POLLIN
+    r, w, _ = select.select([fd] if want_read else [], [] if want_read else [fd], [], timeout)
+    return bool(r or w)
 
 
 def _unread(reader: Any, n: int) -> None:
