@@ -7,6 +7,7 @@ environment variable ``FASTWRAP_NO_EXTENSIONS=1`` asks for it.
 import os
 
 from ._paths import PATHS, disable, enable
+from ._stats import reset_stats, stats
 from ._version import __version__
 
 if os.environ.get("FASTWRAP_NO_EXTENSIONS", "") not in ("", "0"):
@@ -35,6 +36,8 @@ __all__ = [
     "available_paths",
     "disable",
     "enable",
+    "reset_stats",
     "select_path",
+    "stats",
     "transmit",
 ]

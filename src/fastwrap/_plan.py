@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from . import _paths
+from . import _paths, _stats
 from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE, log
 
 try:
@@ -439,6 +439,7 @@ class Plan:
             return None
         log.debug("%s failed before the first byte (%s): trying the next path",
                   self.path, exc)
+        _stats.record_fallback(self.path)
         self.release()
         return Plan(None, None, self.count, self.supported,
                     self.excluded | {self.path}, _src=self.src, _dest=self.dest)
@@ -456,6 +457,7 @@ class Plan:
     def finish(self, sent: int) -> None:
         """Leave the source just after the last byte sent; let go of memory."""
         self.release()
+        _stats.record(self.path, sent)
         if self.keeper is not None:
             self.keeper.seek(self.start + sent)
             self.keeper = None

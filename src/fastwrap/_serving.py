@@ -1,0 +1,196 @@
+"""The rules every server integration follows when a WSGI result is a file.
+
+PEP 3333 leaves framing to the server, and servers get it wrong in
+different ways (see the project's notes on gunicorn, uWSGI, bjoern,
+waitress).  fastwrap's integrations (wsgiref, make_server, gunicorn,
+gevent, asyncio) all ask this module, so each rule is written once:
+
+- the body starts at the file's logical position (``tell()``);
+- at most min(Content-Length, what the file holds from there) bytes leave;
+- with no Content-Length from the application, one is set from the file
+  before the headers go out, so keep-alive stays correct;
+- no body for HEAD, 1xx, 204 and 304;
+- a file that comes up short of what was promised is logged, and the
+  connection must be closed rather than left waiting.
+"""
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import stat
+import sys
+from typing import Any, Iterator, Optional
+
+from . import _plan
+from ._paths import log
+
+
+class FileResponse:
+    """A WSGI result whose body can be transmitted as a file, and how much of it."""
+
+    __slots__ = ("result", "wrapper", "range_start", "limit")
+
+    def __init__(self, result: Any, wrapper: Any, range_start: Optional[int] = None,
+                 limit: Optional[int] = None) -> None:
+        self.result = result          # what the application returned (the server closes it)
+        self.wrapper = wrapper        # the FileWrapper inside it
+        self.range_start = range_start
+        self.limit = limit            # a range's length, on top of Content-Length
+
+    @classmethod
+    def of(cls, result: Any) -> Optional["FileResponse"]:
+        """The file response inside *result*, or None if it must be iterated.
+
+        Recognises fastwrap's FileWrapper, the stdlib's wsgiref FileWrapper
+        around a binary file, and werkzeug's range wrapper around either
+        (Flask's ``send_file`` answering a ``Range:`` request), which is sent
+        by seeking to the range instead of reading up to it.  Anything else
+        is left to plain iteration, which is always correct.
+        """
+        if _is_file_wrapper(result):
+            return cls(result, result)
+        if _is_untouched_range_wrapper(result) and _is_file_wrapper(result.iterable):
+            return cls(result, result.iterable, result.start_byte, result.byte_range)
+        return None
+
+    @property
+    def filelike(self) -> Any:
+        return self.wrapper.filelike
+
+    def prepare(self) -> None:
+        """Move to where the body starts (a range's first byte)."""
+        if self.range_start is None:
+            return
+        wrapper = self.wrapper
+        if _is_fastwrap_wrapper(wrapper):
+            wrapper.seek(self.range_start)
+        else:
+            # werkzeug skips range_start bytes from where the stdlib wrapper
+            # stands: seeking there is the same, without reading them.
+            filelike = wrapper.filelike
+            filelike.seek(filelike.tell() + self.range_start)
+
+    def available(self) -> Optional[int]:
+        """Bytes the source holds from its position, or None if unknowable (a pipe)."""
+        source = _plan._unwrap_tempfile(self.filelike)
+        try:
+            if isinstance(source, mmap.mmap):
+                return max(len(source) - source.tell(), 0)
+            if not hasattr(source, "read"):  # bytes-like: the wrapper holds the position
+                return max(len(_plan.byte_view(source)) - self.wrapper.tell(), 0)
+            if isinstance(source, io.BytesIO):
+                return max(source.getbuffer().nbytes - source.tell(), 0)
+            if not _plan._is_fd_file(source):
+                return None  # its descriptor may not hold what read() gives (gzip)
+            st = os.fstat(source.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                return None  # a pipe, a device, or a /proc file of unknown size
+            if source.writable():
+                source.flush()
+            return max(st.st_size - source.tell(), 0)
+        except (AttributeError, OSError, ValueError):
+            return None
+
+
+class Framing:
+    """How a file response goes on the wire: whether a body, and how long."""
+
+    __slots__ = ("body", "count", "content_length", "expected")
+
+    def __init__(self, body: bool, count: Optional[int],
+                 content_length: Optional[int], expected: Optional[int]) -> None:
+        self.body = body                      # False: headers only
+        self.count = count                    # the most body bytes to send; None: to EOF
+        self.content_length = content_length  # to add, when the application gave none
+        self.expected = expected              # what the client was promised, if anything
+
+    def short(self, sent: int) -> bool:
+        """Whether the body came up short of what the client was promised."""
+        return self.body and self.expected is not None and sent < self.expected
+
+    @property
+    def delimited(self) -> bool:
+        """Whether the client can tell where the body ends without the connection closing."""
+        return not self.body or self.expected is not None
+
+
+def body_allowed(method: str, status: int) -> bool:
+    """HTTP forbids a body in answer to HEAD, and with 1xx, 204 and 304 (RFC 9110)."""
+    return method.upper() != "HEAD" and not (100 <= status < 200 or status in (204, 304))
+
+
+def parse_content_length(value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        length = int(value.strip())
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def frame(response: FileResponse, method: str, status: int,
+          content_length: Optional[str]) -> Framing:
+    """Decide the framing of *response*; call after ``response.prepare()``."""
+    declared = parse_content_length(content_length)
+    available = response.available()
+    if response.limit is not None:
+        available = response.limit if available is None else min(response.limit, available)
+    count = available if declared is None else (
+        declared if available is None else min(declared, available))
+    add = None
+    if declared is None and available is not None and not (
+            100 <= status < 200 or status in (204, 304)):
+        add = available
+    expected = declared if declared is not None else add
+    return Framing(body_allowed(method, status), count, add, expected)
+
+
+def report_short(framing: Framing, sent: int, where: str) -> None:
+    log.warning("%s: the file ended after %d of %d promised bytes; closing the connection",
+                where, sent, framing.expected)
+
+
+def iter_body(response: FileResponse, framing: Framing) -> Iterator[bytes]:
+    """The body by iteration, for servers with no descriptor to send to.
+
+    Follows the same rules as the fast path: never past ``framing.count``.
+    """
+    remaining = framing.count
+    for chunk in response.wrapper:
+        if isinstance(chunk, str):
+            raise _plan.text_chunk_error(chunk)
+        if remaining is not None:
+            chunk = chunk[:remaining]
+            remaining -= len(chunk)
+        if chunk:
+            yield chunk
+        if remaining == 0:
+            break
+
+
+def _is_fastwrap_wrapper(obj: Any) -> bool:
+    return isinstance(obj, _plan._wrapper_types)
+
+
+def _is_file_wrapper(obj: Any) -> bool:
+    if _is_fastwrap_wrapper(obj):
+        return not obj.closed
+    util = sys.modules.get("wsgiref.util")
+    if util is None or not isinstance(obj, util.FileWrapper):
+        return False
+    try:
+        _plan.check_filelike(obj.filelike)
+    except (TypeError, ValueError):
+        return False  # a StringIO: the stdlib loop handles it as it always did
+    return True
+
+
+def _is_untouched_range_wrapper(obj: Any) -> bool:
+    # werkzeug.wsgi._RangeWrapper, not yet iterated.  Matched by name so
+    # that fastwrap does not import werkzeug.
+    cls = type(obj)
+    return (cls.__name__ == "_RangeWrapper" and cls.__module__.startswith("werkzeug")
+            and getattr(obj, "read_length", None) == 0
+            and isinstance(getattr(obj, "start_byte", None), int))

@@ -1,0 +1,260 @@
+"""fastwrap in the stdlib's wsgiref: patched into every handler, or a ready server.
+
+``install()`` makes every ``wsgiref.handlers.BaseHandler`` (simple_server,
+CGIHandler, and servers built on them) send file responses through
+fastwrap.  It keeps ``wsgiref.util.FileWrapper`` as the handlers'
+``wsgi.file_wrapper`` (CPython's own test_wsgiref asserts it) and does its
+work in the ``sendfile()`` hook that BaseHandler offers for exactly this,
+recognising the stdlib's wrapper, fastwrap's, and werkzeug's range wrapper
+around either.
+
+``make_server()`` is a threaded HTTP/1.1 server with keep-alive whose
+handler does the same without patching anything.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import socket
+import socketserver
+from typing import Any, Callable, Iterator, Optional
+from wsgiref import handlers, simple_server
+
+import fastwrap
+
+from . import _serving
+
+__all__ = ["Handler", "RequestHandler", "Server", "install", "installed",
+           "make_server", "send_file_response", "uninstall"]
+
+_stock: Optional[tuple[Any, Any]] = None
+
+
+def _result_is_file(self: handlers.BaseHandler) -> bool:
+    response = _serving.FileResponse.of(self.result)
+    self._fastwrap_response = response  # type: ignore[attr-defined]
+    return response is not None
+
+
+def _sendfile(self: handlers.BaseHandler) -> bool:
+    response = getattr(self, "_fastwrap_response", None)
+    if response is None:
+        return False
+    self._fastwrap_response = None  # type: ignore[attr-defined]
+    return send_file_response(self, response)
+
+
+def install() -> None:
+    """Send every wsgiref handler's file responses through fastwrap."""
+    global _stock
+    if _stock is None:
+        cls = handlers.BaseHandler
+        _stock = (cls.__dict__["result_is_file"], cls.__dict__["sendfile"])
+        cls.result_is_file = _result_is_file  # type: ignore[method-assign]
+        cls.sendfile = _sendfile  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """Put wsgiref back as it was before :func:`install`."""
+    global _stock
+    if _stock is not None:
+        cls = handlers.BaseHandler
+        cls.result_is_file, cls.sendfile = _stock  # type: ignore[method-assign]
+        _stock = None
+
+
+def is_installed() -> bool:
+    return _stock is not None
+
+
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """``with installed():`` fastwrap is in wsgiref for the block, and no longer."""
+    already = is_installed()
+    install()
+    try:
+        yield
+    finally:
+        if not already:
+            uninstall()
+
+
+def send_file_response(handler: handlers.BaseHandler, response: _serving.FileResponse) -> bool:
+    """Send *response* for a wsgiref *handler*, headers included; always True.
+
+    Writes through fastwrap when the handler's output has a descriptor
+    (a socket, a CGI pipe), and through the handler's own ``_write``
+    otherwise, following the same rules either way.
+    """
+    response.prepare()
+    environ = handler.environ
+    status = int(handler.status.split(None, 1)[0])
+    framing = _serving.frame(response, environ.get("REQUEST_METHOD", "GET"), status,
+                             handler.headers.get("Content-Length"))
+    if framing.content_length is not None:
+        handler.headers["Content-Length"] = str(framing.content_length)
+    dest = _descriptor(handler)
+    head = _headers_as_bytes(handler)
+    if dest is None:
+        handler._write(head)
+        sent = 0
+        if framing.body:
+            for chunk in _serving.iter_body(response, framing):
+                handler._write(chunk)
+                sent += len(chunk)
+        handler._flush()
+    elif framing.body:
+        sent = fastwrap.transmit(dest, response.wrapper, framing.count, headers=head)
+    else:
+        sent = fastwrap.transmit(dest, (), headers=head)
+    handler.bytes_sent = sent
+    if framing.short(sent):
+        _serving.report_short(framing, sent, environ.get("PATH_INFO", "?"))
+    if framing.short(sent) or not framing.delimited:
+        _close_connection(handler)
+    return True
+
+
+def _descriptor(handler: handlers.BaseHandler) -> Any:
+    """The socket or descriptor under the handler's output, flushed; None if none."""
+    out = getattr(handler, "stdout", None)
+    if isinstance(out, socketserver._SocketWriter):  # simple_server's unbuffered wfile
+        return out._sock
+    try:
+        fd = out.fileno()  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        return None  # a BytesIO, or a handler writing somewhere of its own
+    handler._flush()
+    return fd
+
+
+def _headers_as_bytes(handler: handlers.BaseHandler) -> bytes:
+    # Let the handler render its headers (preamble, Date, Server, CGI Status:
+    # whatever its class does) but keep the bytes, to send with the body.
+    chunks: list[bytes] = []
+    handler._write = chunks.append  # type: ignore[method-assign]
+    try:
+        handler.send_headers()
+    finally:
+        del handler._write
+    return b"".join(chunks)
+
+
+def _close_connection(handler: handlers.BaseHandler) -> None:
+    request_handler = getattr(handler, "request_handler", None)
+    if request_handler is not None:
+        request_handler.close_connection = True
+
+
+class Handler(simple_server.ServerHandler):
+    """A wsgiref handler speaking HTTP/1.1 with fastwrap for file responses."""
+
+    http_version = "1.1"
+    wsgi_file_wrapper = fastwrap.FileWrapper  # type: ignore[assignment]
+    result_is_file = _result_is_file
+    sendfile = _sendfile
+    request_handler: Any
+
+    def cleanup_headers(self) -> None:
+        super().cleanup_headers()
+        method = self.environ.get("REQUEST_METHOD", "GET")
+        status = int(self.status.split(None, 1)[0])
+        # Keep-alive needs a body whose end the client can find.
+        delimited = ("Content-Length" in self.headers
+                     or not _serving.body_allowed(method, status))
+        if not delimited:
+            self.request_handler.close_connection = True
+        if self.request_handler.close_connection:
+            self.headers["Connection"] = "close"
+
+    def close(self) -> None:
+        promised = _serving.parse_content_length(
+            self.headers.get("Content-Length") if self.headers else None)
+        if (promised is not None and self.status
+                and _serving.body_allowed(self.environ.get("REQUEST_METHOD", "GET"),
+                                          int(self.status.split(None, 1)[0]))
+                and self.bytes_sent != promised):
+            self.request_handler.close_connection = True
+        super().close()
+
+
+class RequestHandler(simple_server.WSGIRequestHandler):
+    """HTTP/1.1 with keep-alive: requests on a connection until either side closes it."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # an idle keep-alive connection gives its thread back after this
+    handler_class = Handler
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self.handle_one_request()
+
+    def handle_one_request(self) -> None:
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+        except (socket.timeout, ConnectionError):
+            self.close_connection = True
+            return
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            self.close_connection = True
+            return
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if not self.parse_request():
+            return
+        environ = self.get_environ()
+        # A request body the application may not read in full would be
+        # taken for the next request: such connections end after the response.
+        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or self.headers.get(
+                "Transfer-Encoding"):
+            self.close_connection = True
+        handler = self.handler_class(self.rfile, self.wfile, self.get_stderr(), environ,
+                                     multithread=True)
+        handler.request_handler = self
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+
+class Server(simple_server.WSGIServer):
+    """A WSGI server whose connections are served by a pool of *threads*."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type = RequestHandler,
+                 threads: int = 16) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        super().__init__(address, handler)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="fastwrap")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False)
+
+
+def make_server(host: str, port: int, app: Callable[..., Any], threads: int = 16,
+                handler: type = RequestHandler) -> Server:
+    """A threaded HTTP/1.1 WSGI server sending file responses through fastwrap.
+
+    ``make_server("127.0.0.1", 8000, app).serve_forever()``.  Nothing global
+    is patched: only this server's handlers use fastwrap.
+    """
+    server = Server((host, port), handler, threads)
+    server.set_app(app)
+    return server
