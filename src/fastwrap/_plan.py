@@ -198,7 +198,10 @@ class Dest:
             self.tls = False
             self.is_socket = True
             return
-        self.tls = ssl is not None and isinstance(dest, ssl.SSLSocket)
+        # gevent's and eventlet's TLS sockets are not ssl.SSLSocket: anything
+        # with an SSL object is TLS, and the kernel must never write to it.
+        self.tls = (ssl is not None and isinstance(dest, ssl.SSLSocket)) or any(
+            hasattr(dest, name) for name in ("_sslobj", "getpeercert", "do_handshake"))
         # Also proves the descriptor is open before any byte moves.
         self.is_socket = stat.S_ISSOCK(os.fstat(self.fd).st_mode)
 
