@@ -16,7 +16,7 @@ else:
     try:
         from . import _fastwrap as _engine  # type: ignore[no-redef]
     except ImportError:
-        from . import _purepy as _engine  # type: ignore[no-redef]
+        from . import _purepy as _engine
 
 #: ``"cython"`` or ``"python"``: which engine moves the bytes.
 IMPLEMENTATION: str = _engine.IMPLEMENTATION

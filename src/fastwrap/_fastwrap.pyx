@@ -86,13 +86,17 @@ cdef class FileWrapper:
 
     cdef public object filelike
     cdef public Py_ssize_t blksize
+    cdef dict __dict__  # servers and frameworks hang attributes on wrappers
+    cdef object __weakref__
     cdef bint _closed
-    cdef bint _is_memory
+    cdef bint _is_memory      # a bytes-like object: the wrapper keeps the position
+    cdef bint _holds_buffer   # _memory is ours to release
     cdef Py_buffer _memory
     cdef Py_ssize_t _position
 
     def __cinit__(self):
         self._is_memory = False
+        self._holds_buffer = False
 
     def __init__(self, filelike, blksize=_plan.DEFAULT_BLKSIZE):
         _plan.check_filelike(filelike)
@@ -100,16 +104,20 @@ cdef class FileWrapper:
         self.filelike = filelike
         self._closed = False
         self._position = 0
-        if self._is_memory:
-            PyBuffer_Release(&self._memory)
-            self._is_memory = False
+        self._release_buffer()
+        self._is_memory = False
         if not isinstance(filelike, _mmap.mmap) and not hasattr(filelike, "read"):
             PyObject_GetBuffer(_plan.byte_view(filelike), &self._memory, PyBUF_SIMPLE)
             self._is_memory = True
+            self._holds_buffer = True
 
     def __dealloc__(self):
-        if self._is_memory:
+        self._release_buffer()
+
+    cdef _release_buffer(self):
+        if self._holds_buffer:
             PyBuffer_Release(&self._memory)
+            self._holds_buffer = False
 
     @property
     def closed(self):
@@ -140,10 +148,7 @@ cdef class FileWrapper:
         if self._closed:
             return
         self._closed = True
-        if self._is_memory:
-            PyBuffer_Release(&self._memory)
-            self._is_memory = False
-            self._position = -1  # marks a closed memory wrapper for seek/tell
+        self._release_buffer()
         close = getattr(self.filelike, "close", None)
         if close is not None:
             close()
@@ -154,20 +159,27 @@ cdef class FileWrapper:
     def __exit__(self, *exc_info):
         self.close()
 
+    cdef _check_open_memory(self):
+        if self._closed:
+            raise ValueError("I/O operation on closed FileWrapper")
+
     def seekable(self):
         if self._is_memory:
+            self._check_open_memory()
             return True
         seekable = getattr(self.filelike, "seekable", None)
         return bool(seekable()) if seekable is not None else False
 
     def tell(self):
         if self._is_memory:
+            self._check_open_memory()
             return self._position
         return self.filelike.tell()
 
     def seek(self, offset, whence=0):
         if not self._is_memory:
             return self.filelike.seek(offset, whence)
+        self._check_open_memory()
         base = (0, self._position, self._memory.len)[whence]
         position = base + offset
         if position < 0:
@@ -208,6 +220,7 @@ cdef class Transmission:
     cdef int _pipe[2]
     cdef int64_t _in_pipe
     cdef bint _blocked
+    cdef int64_t _moved
     cdef int _wait_fd
     cdef int _wait_events
 
@@ -292,8 +305,8 @@ cdef class Transmission:
                     rc = fw_poll(self._wait_fd, self._wait_events, timeout_ms)
                     err = errno
                 if rc == 0:
-                    raise TimeoutError(
-                        f"no progress for {dest.timeout} s: the peer stopped reading")
+                    raise TimeoutError(_plan.timeout_message(
+                        dest.timeout, self._wait_fd == self._dest_fd))
                 if rc < 0:
                     if err != EINTR:
                         _raise_errno(err)
@@ -308,17 +321,17 @@ cdef class Transmission:
 
     cdef int64_t _step(self) except -1:
         cdef fw_sigpipe_guard guard
-        cdef int64_t moved = 0
         if self.done:
             return 0
         self._blocked = False
+        self._moved = 0
         fw_sigpipe_block(&guard)
         try:
             if self._prefix:
-                moved += self._send_prefix()
+                self._send_prefix()
             while not self._prefix and not self.done:
                 try:
-                    moved += self._body()
+                    self._body()
                     break
                 except BlockingIOError:  # e.g. from a buffered reader's peek()
                     self._would_block(self._dest_fd, POLLOUT)
@@ -327,15 +340,28 @@ cdef class Transmission:
                     successor = self._plan.fallback(exc, self.sent)
                     if successor is None:
                         raise
+                    self._take_back_pipe()
                     self._adopt(successor)
         except BaseException:
             self._close()
             raise
         finally:
             fw_sigpipe_restore(&guard)
-        return moved
+        return self._moved
 
-    cdef int64_t _body(self) except -1:
+    cdef int _take_back_pipe(self) except -1:
+        # Bytes already moved from the source into the intermediate pipe
+        # must go first on the next path, or they would be lost.
+        if self._in_pipe == 0:
+            return 0
+        data = bytearray()
+        while len(data) < self._in_pipe:
+            data += _os.read(self._pipe[0], self._in_pipe - len(data))
+        self._in_pipe = 0
+        self._hold(data)
+        return 0
+
+    cdef int _body(self) except -1:
         if self._path == P_SENDFILE:
             return self._sendfile()
         if self._path == P_SPLICE:
@@ -350,6 +376,7 @@ cdef class Transmission:
         return -1 if self._length < 0 else self._length - self.sent
 
     cdef int _advance(self, int64_t n) except -1:
+        self._moved += n
         self.sent += n
         if self.sent == self._length:
             self._finish()
@@ -440,6 +467,7 @@ cdef class Transmission:
             n = self._write(<const char *>&prefix[0], prefix.shape[0], more)
         if n < 0:
             return 0
+        self._moved += n
         self._prefix_more = more
         self._prefix = self._prefix[n:]
         if not self._prefix and self._length == 0:
@@ -457,8 +485,9 @@ cdef class Transmission:
         self._have_pend = True
         return 0
 
-    cdef int64_t _flush_pending(self) except -1:
-        cdef int64_t moved = 0, n
+    cdef int _flush_pending(self) except -1:
+        """Send the bytes already read; 1 if some are still waiting to go."""
+        cdef int64_t n
         while self._pending is not None and not self.done:
             if self._pend_off == self._pend.len:
                 break
@@ -468,20 +497,18 @@ cdef class Transmission:
                 n = self._write(<const char *>self._pend.buf + self._pend_off,
                                 self._pend.len - self._pend_off, False)
             if n < 0:
-                return moved
+                return 1
             self._pend_off += n
-            moved += n
             self._advance(n)
         if self._have_pend and (self.done or self._pend_off == self._pend.len):
             PyBuffer_Release(&self._pend)
             self._have_pend = False
             self._pending = None
-        return moved
+        return 0
 
     # -- the paths ---------------------------------------------------------------
 
-    cdef int64_t _sendfile(self) except -1:
-        cdef int64_t moved = 0
+    cdef int _sendfile(self) except -1:
         cdef ssize_t n
         cdef int err
         while not self.done:
@@ -490,7 +517,6 @@ cdef class Transmission:
                                 self._length - self.sent)
                 err = errno
             if n > 0:
-                moved += n
                 self._advance(n)
                 # Interrupted after some progress, sendfile returns a count, not EINTR.
                 PyErr_CheckSignals()
@@ -498,10 +524,10 @@ cdef class Transmission:
                 self._finish()
             elif self._failed(err, self._dest_fd, POLLOUT):
                 break
-        return moved
+        return 0
 
-    cdef int64_t _splice(self) except -1:
-        cdef int64_t moved = 0, want, remaining
+    cdef int _splice(self) except -1:
+        cdef int64_t want, remaining
         cdef ssize_t n
         cdef int err, src_fd, dst_fd
         cdef bint refill
@@ -510,17 +536,14 @@ cdef class Transmission:
             # Bytes a buffered reader already took from the pipe go first.
             reader = plan.drain
             plan.drain = None
-            held = len(reader.peek())
+            held = len(reader.peek())  # b"" at EOF, and from a non-blocking pipe
             remaining = self._remaining()
-            self._hold(reader.read(held if remaining < 0 else min(held, remaining)))
-            plan.drained = self._pend.len
-            if self._pend.len == 0:
-                self._finish()
-                return 0
-        if self._pending is not None:
-            moved += self._flush_pending()
-            if self._pending is not None:
-                return moved
+            want = held if remaining < 0 else min(held, remaining)
+            if want:
+                self._hold(reader.read(want))
+                plan.drained = want
+        if self._pending is not None and self._flush_pending():
+            return 0
         if not self._src_is_pipe and self._pipe[0] < 0:
             if fw_pipe(self._pipe) < 0:
                 _raise_errno(errno)
@@ -535,7 +558,9 @@ cdef class Transmission:
             else:
                 src_fd, dst_fd, want = self._pipe[0], self._dest_fd, self._in_pipe
             with nogil:
-                n = fw_splice(src_fd, dst_fd, want, remaining < 0 or remaining > want)
+                # SPLICE_F_MORE only when more is known to follow: at an
+                # unknown end it would hold the last bytes back.
+                n = fw_splice(src_fd, dst_fd, want, remaining > want)
                 err = errno
             if n > 0:
                 if refill:
@@ -543,20 +568,22 @@ cdef class Transmission:
                     continue
                 if not self._src_is_pipe:
                     self._in_pipe -= n
-                moved += n
                 self._advance(n)
                 PyErr_CheckSignals()
             elif n == 0:  # EOF
                 self._finish()
-            elif dst_fd == self._dest_fd:
-                if self._failed(err, self._dest_fd, POLLOUT):
+            elif dst_fd != self._dest_fd:
+                if self._failed(err, self._src_fd, POLLIN):
                     break
-            elif self._failed(err, self._src_fd, POLLIN):
+            elif self._src_is_pipe and fw_would_block(err) and fw_poll(src_fd, POLLIN, 0) == 0:
+                self._would_block(src_fd, POLLIN)  # the source is empty, not the dest full
                 break
-        return moved
+            elif self._failed(err, self._dest_fd, POLLOUT):
+                break
+        return 0
 
-    cdef int64_t _memory(self) except -1:
-        cdef int64_t moved = 0, n, start
+    cdef int _memory(self) except -1:
+        cdef int64_t n, start
         memory = self._plan.memory
         while not self.done:
             start = self._offset + self.sent
@@ -573,25 +600,22 @@ cdef class Transmission:
                 break
             if n < 0:
                 break
-            moved += n
             self._advance(n)
-        return moved
+        return 0
 
-    cdef int64_t _read_loop(self, bint use_readinto) except -1:
-        cdef int64_t moved = 0, remaining, want
+    cdef int _read_loop(self, bint use_readinto) except -1:
+        cdef int64_t remaining, want
         plan = self._plan
         reader = plan.reader
         chunk_size = plan.chunk
-        if self._pending is not None:
-            moved += self._flush_pending()
-            if self._pending is not None:
-                return moved
+        if self._pending is not None and self._flush_pending():
+            return 0
         while not self.done:
             remaining = self._remaining()
             want = chunk_size if remaining < 0 else min(chunk_size, remaining)
             if use_readinto and self._buffer is None:
                 self._buffer = memoryview(bytearray(chunk_size))
-            chunk = _plan.fill(reader, self._buffer, want)
+            chunk = _plan.fill(reader, self._buffer, want, remaining)
             if chunk is None:  # a non-blocking source with nothing yet
                 self._wait_for_source(reader)
                 break
@@ -599,10 +623,9 @@ cdef class Transmission:
                 self._finish()
                 break
             self._hold(chunk)
-            moved += self._flush_pending()
-            if self._pending is not None:
+            if self._flush_pending():
                 break
-        return moved
+        return 0
 
     cdef _wait_for_source(self, reader):
         try:

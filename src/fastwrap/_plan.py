@@ -18,7 +18,7 @@ import stat
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from . import _paths, _stats
 from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE, log
@@ -33,6 +33,10 @@ DEFAULT_BLKSIZE = 8192
 # Django passes 4096, which would cost a syscall pair every 4 KiB.
 MIN_CHUNK = 64 * 1024
 READ_CHUNK = 256 * 1024
+# ...and at most this much, whatever blksize says: the buffer is allocated.
+MAX_CHUNK = 4 * 1024 * 1024
+# Counts beyond this are "no limit" in practice, and fit a C int64.
+MAX_COUNT = 2**63 - 1
 
 # errno values meaning "this path cannot serve this pair of descriptors";
 # only before the first body byte may they send us to the next path.
@@ -54,7 +58,7 @@ _FD_FILE_METHODS = ("read", "readinto", "read1", "peek", "tell", "seek", "fileno
 SENDFILE_NEEDS_SOCKET = not sys.platform.startswith("linux")
 
 # Registered by each engine: the FileWrapper types this module unwraps.
-_wrapper_types: tuple[type, ...] = ()
+_wrapper_types: tuple[Any, ...] = ()
 
 
 def register_wrapper(cls: type) -> None:
@@ -90,10 +94,11 @@ def check_filelike(filelike: Any) -> None:
 def check_blksize(blksize: Any) -> int:
     if isinstance(blksize, bool):
         raise TypeError("blksize must be an int, got bool")
-    blksize = operator.index(blksize)
-    if blksize <= 0:
-        raise ValueError(f"blksize must be a positive number of bytes, got {blksize}")
-    return blksize
+    size: int = operator.index(blksize)
+    if not 0 < size <= sys.maxsize:
+        raise ValueError(
+            f"blksize must be a positive number of bytes up to {sys.maxsize}, got {size}")
+    return size
 
 
 def check_count(count: Any) -> int:
@@ -103,13 +108,13 @@ def check_count(count: Any) -> int:
     if isinstance(count, bool):
         raise TypeError("count must be an int or None, got bool")
     try:
-        count = operator.index(count)
+        limit: int = operator.index(count)
     except TypeError:
         raise TypeError(
             f"count must be an int or None, got {type(count).__name__}") from None
-    if count < 0:
-        raise ValueError(f"count must be >= 0 or None, got {count}")
-    return count
+    if limit < 0:
+        raise ValueError(f"count must be >= 0 or None, got {limit}")
+    return min(limit, MAX_COUNT)
 
 
 def check_headers(headers: Any) -> memoryview:
@@ -120,7 +125,11 @@ def check_headers(headers: Any) -> memoryview:
     except TypeError:
         raise TypeError(
             f"headers must be a bytes-like object, got {type(headers).__name__}") from None
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    if view.format == "B" and view.ndim == 1:
+        return view
+    if not view.c_contiguous:
+        raise TypeError("headers must be a contiguous bytes-like object")
+    return view.cast("B")
 
 
 def read_chunk(filelike: Any, blksize: int) -> bytes:
@@ -136,11 +145,13 @@ def read_chunk(filelike: Any, blksize: int) -> bytes:
     return chunk
 
 
-def fill(reader: Any, buffer: Optional[memoryview], want: int) -> Optional[memoryview]:
-    """Up to *want* bytes from *reader*: readinto *buffer*, or read() if it is None.
+def fill(reader: Any, buffer: Optional[memoryview], want: int,
+         remaining: int) -> Optional[memoryview]:
+    """About *want* bytes from *reader*: readinto *buffer*, or read() if it is None.
 
     Returns None when a non-blocking source has nothing yet, and an empty
-    view at EOF.  Never more than *want* bytes, whatever read() returned.
+    view at EOF.  A read() that returns more than asked (decoding readers
+    do) keeps every byte, up to *remaining* (-1: no limit), never past it.
     """
     try:
         if buffer is not None:
@@ -153,7 +164,14 @@ def fill(reader: Any, buffer: Optional[memoryview], want: int) -> Optional[memor
         return None
     if isinstance(data, str):
         raise text_chunk_error(data)
-    return memoryview(data)[:want]
+    view = byte_view(data)
+    return view if remaining < 0 else view[:remaining]
+
+
+def timeout_message(timeout: Optional[float], on_dest: bool) -> str:
+    if on_dest:
+        return f"no progress for {timeout} s: the peer stopped reading"
+    return f"no progress for {timeout} s: the source had no data"
 
 
 def text_chunk_error(chunk: Any) -> TypeError:
@@ -171,7 +189,7 @@ class Dest:
 
     def __init__(self, dest: Any) -> None:
         self.obj = dest
-        self.sock = None
+        self.sock: Any = None
         self.timeout: Optional[float] = None
         if isinstance(dest, bool) or dest is None:
             raise TypeError(
@@ -219,13 +237,16 @@ class Source:
 
     __slots__ = ("obj", "wrapper", "kind", "fd", "mode", "size")
 
+    obj: Any
+    wrapper: Any
+
     FILE = "file"          # a plain io file: its descriptor gives what read() gives
     MAPPING = "mapping"    # an mmap.mmap
     BUFFER = "buffer"      # bytes, bytearray, memoryview, array, numpy...
     READABLE = "readable"  # anything else with readinto() or read()
 
     def __init__(self, source: Any) -> None:
-        wrapper = None
+        wrapper: Any = None
         if type(source) not in _FD_FILE_TYPES:  # plain files need no more checks
             if isinstance(source, _wrapper_types):
                 wrapper = source
@@ -291,13 +312,14 @@ def _is_fd_file(obj: Any) -> bool:
                     getattr(cls, name, None) is not getattr(base, name, None)
                     for name in _FD_FILE_METHODS):
                 return False  # a subclass that may transform what it reads
-            return base is io.FileIO or type(obj.raw) is io.FileIO
+            return base is io.FileIO or type(obj.raw) is io.FileIO  # type: ignore[union-attr]
     return False
 
 
 # -- choosing the path -----------------------------------------------------------
 
-def _candidates(src: Source, dest: Dest, supported: frozenset[str]):
+def _candidates(src: Source, dest: Dest,
+                supported: frozenset[str]) -> Iterator[tuple[str, Optional[str]]]:
     """Yield (path, reason it cannot be used or None), fastest first."""
     if src.kind == Source.FILE:
         regular = stat.S_ISREG(src.mode)
@@ -385,12 +407,12 @@ class Plan:
         self.memory: Optional[memoryview] = None
         self.start = -1          # where the body starts, when positional
         self.length = self.count  # bytes to send; -1 = until EOF
-        self.keeper = None       # object whose position is set to start + sent
-        self.drain = None        # buffered reader whose buffer goes before a splice
+        self.keeper: Any = None  # object whose position is set to start + sent
+        self.drain: Any = None   # buffered reader whose buffer goes before a splice
         self.drained = 0         # body bytes that came from that buffer
-        blksize = src.wrapper.blksize if src.wrapper is not None else DEFAULT_BLKSIZE
+        blksize: int = src.wrapper.blksize if src.wrapper is not None else DEFAULT_BLKSIZE
         self.blksize = blksize
-        self.chunk = max(blksize, MIN_CHUNK)
+        self.chunk = min(max(blksize, MIN_CHUNK), MAX_CHUNK)
 
         if src.kind == Source.FILE:
             if obj.writable():
@@ -402,7 +424,7 @@ class Plan:
                     self._limit(max(src.size - self.start, 0))
                 if self.path == SENDFILE:
                     self.keeper = obj
-                self.chunk = max(blksize, READ_CHUNK)
+                self.chunk = min(max(blksize, READ_CHUNK), MAX_CHUNK)
             elif self.path == SPLICE and isinstance(obj, io.BufferedReader):
                 self.drain = obj
         elif src.kind in (Source.MAPPING, Source.BUFFER):
@@ -411,7 +433,7 @@ class Plan:
                 self.start = obj.tell()
             elif src.wrapper is not None:
                 self.keeper = src.wrapper
-                self.start = src.wrapper.tell()
+                self.start = int(src.wrapper.tell())
             else:
                 self.start = 0
             memory = byte_view(obj)
@@ -419,11 +441,10 @@ class Plan:
             if self.path == MMAP:
                 self.memory = memory
             else:
+                # Read from memory here too, so the position ends up where
+                # the bytes sent end, whatever the engine's read loop held.
                 memory.release()
-                if src.kind == Source.BUFFER:
-                    self.reader = _MemoryReader(obj, self.start)
-                else:
-                    self.keeper = None  # mmap.read() moves its own position
+                self.reader = _MemoryReader(obj, self.start)
 
     def _limit(self, available: int) -> None:
         self.length = available if self.length < 0 else min(self.length, available)
@@ -469,6 +490,8 @@ class Plan:
         if self.memory is not None:
             self.memory.release()
             self.memory = None
+        if isinstance(self.reader, _MemoryReader):
+            self.reader.release()  # lets the application resize or close its mmap
 
 
 def byte_view(obj: Any) -> memoryview:
@@ -503,6 +526,9 @@ class _MemoryReader:
         data = self._view[self._pos:end].tobytes()
         self._pos = end
         return data
+
+    def release(self) -> None:
+        self._view.release()
 
 
 def wait_readable(obj: Any, timeout: Optional[float] = None) -> None:

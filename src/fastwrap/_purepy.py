@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 from typing import Any, Optional, Union
 
@@ -124,18 +125,25 @@ class FileWrapper:
 
     def seekable(self) -> bool:
         if self._memory is not None:
+            self._check_open_memory()
             return True
         seekable = getattr(self.filelike, "seekable", None)
         return bool(seekable()) if seekable is not None else False
 
+    def _check_open_memory(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on closed FileWrapper")
+
     def tell(self) -> int:
         if self._memory is not None:
+            self._check_open_memory()
             return self._position
-        return self.filelike.tell()
+        return int(self.filelike.tell())
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if self._memory is None:
-            return self.filelike.seek(offset, whence)
+            return int(self.filelike.seek(offset, whence))
+        self._check_open_memory()
         base = (0, self._position, len(self._memory))[whence]
         position = base + offset
         if position < 0:
@@ -185,7 +193,7 @@ class Transmission:
         try:
             if self._prefix:
                 self._send_prefix()
-            if not self._prefix:
+            if not self._prefix and not self.done:
                 self._body()
         except (BlockingIOError, _SSL_WANT_WRITE, _SSL_WANT_READ) as exc:
             if isinstance(exc, _SSL_WANT_READ):
@@ -197,6 +205,7 @@ class Transmission:
             if successor is None:
                 self.close()
                 raise
+            self._take_back_pipe()
             self._plan = successor
             moved = self._moved
             return moved + self.send()
@@ -234,6 +243,17 @@ class Transmission:
 
     # -- the steps -----------------------------------------------------------
 
+    def _take_back_pipe(self) -> None:
+        # Bytes already moved from the source into the intermediate pipe
+        # must go first on the next path, or they would be lost.
+        if self._in_pipe:
+            assert self._pipe is not None
+            data = bytearray()
+            while len(data) < self._in_pipe:
+                data += os.read(self._pipe[0], self._in_pipe - len(data))
+            self._pending = memoryview(data)
+            self._in_pipe = 0
+
     def _finish(self) -> None:
         if self._prefix_more and self.sent == 0:
             _push(self._plan.dest)
@@ -243,7 +263,7 @@ class Transmission:
         length = self._plan.length
         return -1 if length < 0 else length - self.sent
 
-    def _send_prefix(self) -> int:
+    def _send_prefix(self) -> None:
         dest = self._plan.dest
         prefix = self._prefix
         more = self._plan.length != 0
@@ -294,21 +314,24 @@ class Transmission:
             # Bytes a buffered reader already took from the pipe go first.
             reader = plan.drain
             plan.drain = None
-            held = len(reader.peek())
+            held = len(reader.peek())  # b"" at EOF, and from a non-blocking pipe
             want = held if self._remaining() < 0 else min(held, self._remaining())
-            self._pending = memoryview(reader.read(want))
-            plan.drained = len(self._pending)
-            if not self._pending:
-                self._finish()
-                return
+            if want:
+                self._pending = memoryview(reader.read(want))
+                plan.drained = want
         if self._pending:
             self._flush_pending()
-        src_is_pipe = _plan.stat.S_ISFIFO(plan.src.mode)
+        src_is_pipe = stat.S_ISFIFO(plan.src.mode)
         while not self.done:
             remaining = self._remaining()
             want = PIPE_CHUNK if remaining < 0 else min(remaining, PIPE_CHUNK)
             if src_is_pipe:
-                n = os.splice(plan.src_fd, plan.dest.fd, want, flags=_SPLICE_FLAGS)
+                try:
+                    n = os.splice(plan.src_fd, plan.dest.fd, want, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    if not _ready(plan.src_fd, _POLLIN, 0):
+                        self._wait = (plan.src_fd, _POLLIN)  # the source is empty
+                    raise
                 if n == 0:
                     self._finish()
                     break
@@ -330,6 +353,7 @@ class Transmission:
         plan = self._plan
         dest = plan.dest
         memory = plan.memory
+        assert memory is not None
         while not self.done:
             start = plan.start + self.sent
             try:
@@ -354,7 +378,7 @@ class Transmission:
             want = plan.chunk if remaining < 0 else min(plan.chunk, remaining)
             if use_readinto and self._buffer is None:
                 self._buffer = memoryview(bytearray(plan.chunk))
-            chunk = _plan.fill(reader, self._buffer, want)
+            chunk = _plan.fill(reader, self._buffer, want, remaining)
             if chunk is None:  # a non-blocking source with nothing yet
                 self._wait_for_source()
                 raise BlockingIOError(errno.EAGAIN, "the source has no data yet")
@@ -388,8 +412,7 @@ class Transmission:
         fd, events = self._wait
         self._wait = (self._plan.dest.fd, _POLLOUT)
         if not _ready(fd, events, timeout):
-            raise TimeoutError(
-                f"no progress for {timeout} s: the peer stopped reading")
+            raise TimeoutError(_plan.timeout_message(timeout, fd == self._plan.dest.fd))
 
 
 def _run(tx: Transmission) -> int:
@@ -467,17 +490,19 @@ class _SigpipeGuard:
     __slots__ = ("_old", "_was_pending")
 
     def __init__(self) -> None:
-        self._old = None
-        if signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN:
-            return
+        # Always: signal.getsignal() cannot see a disposition that C code
+        # changed behind Python's back.
         self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
         self._was_pending = signal.SIGPIPE in signal.sigpending()
 
     def restore(self) -> None:
-        if self._old is None:
-            return
         if not self._was_pending and signal.SIGPIPE in signal.sigpending():
-            signal.sigtimedwait({signal.SIGPIPE}, 0)  # ours: EPIPE reports it
+            # Ours: the EPIPE reports it.  (macOS has no sigtimedwait; the
+            # signal is pending, so sigwait returns at once.)
+            if hasattr(signal, "sigtimedwait"):
+                signal.sigtimedwait({signal.SIGPIPE}, 0)
+            else:
+                signal.sigwait({signal.SIGPIPE})
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
 
 

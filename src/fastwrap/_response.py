@@ -28,10 +28,11 @@ def make_transmit(transmit_file: Callable[..., int]) -> Callable[..., int]:
             if isinstance(chunk, str):
                 raise TypeError(
                     "the response iterable yielded str: WSGI bodies must be bytes")
+            body: Any = chunk
             if limit >= 0:  # bytes, not items: an array of ints counts 4 a piece
-                chunk = _plan.byte_view(chunk)[:limit - sent]
-            if chunk or headers:
-                sent += transmit_file(chunk, dest, None, headers)
+                body = _plan.byte_view(chunk)[:limit - sent]
+            if body or headers:
+                sent += transmit_file(body, dest, None, headers)
                 headers = b""
             if sent == limit:
                 break

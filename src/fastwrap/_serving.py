@@ -78,7 +78,7 @@ class FileResponse:
             if isinstance(source, mmap.mmap):
                 return max(len(source) - source.tell(), 0)
             if not hasattr(source, "read"):  # bytes-like: the wrapper holds the position
-                return max(len(_plan.byte_view(source)) - self.wrapper.tell(), 0)
+                return max(len(_plan.byte_view(source)) - int(self.wrapper.tell()), 0)
             if isinstance(source, io.BytesIO):
                 return max(source.getbuffer().nbytes - source.tell(), 0)
             if not _plan._is_fd_file(source):
@@ -88,7 +88,7 @@ class FileResponse:
                 return None  # a pipe, a device, or a /proc file of unknown size
             if source.writable():
                 source.flush()
-            return max(st.st_size - source.tell(), 0)
+            return max(st.st_size - int(source.tell()), 0)
         except (AttributeError, OSError, ValueError):
             return None
 

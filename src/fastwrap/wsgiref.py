@@ -28,19 +28,20 @@ __all__ = ["Handler", "RequestHandler", "Server", "install", "installed",
            "make_server", "send_file_response", "uninstall"]
 
 _stock: Optional[tuple[Any, Any]] = None
+_SOCKET_WRITER: Any = getattr(socketserver, "_SocketWriter", ())
 
 
-def _result_is_file(self: handlers.BaseHandler) -> bool:
+def _result_is_file(self: Any) -> bool:
     response = _serving.FileResponse.of(self.result)
-    self._fastwrap_response = response  # type: ignore[attr-defined]
+    self._fastwrap_response = response
     return response is not None
 
 
-def _sendfile(self: handlers.BaseHandler) -> bool:
+def _sendfile(self: Any) -> bool:
     response = getattr(self, "_fastwrap_response", None)
     if response is None:
         return False
-    self._fastwrap_response = None  # type: ignore[attr-defined]
+    self._fastwrap_response = None
     return send_file_response(self, response)
 
 
@@ -79,7 +80,7 @@ def installed() -> Iterator[None]:
             uninstall()
 
 
-def send_file_response(handler: handlers.BaseHandler, response: _serving.FileResponse) -> bool:
+def send_file_response(handler: Any, response: _serving.FileResponse) -> bool:
     """Send *response* for a wsgiref *handler*, headers included; always True.
 
     Writes through fastwrap when the handler's output has a descriptor
@@ -115,10 +116,10 @@ def send_file_response(handler: handlers.BaseHandler, response: _serving.FileRes
     return True
 
 
-def _descriptor(handler: handlers.BaseHandler) -> Any:
+def _descriptor(handler: Any) -> Any:
     """The socket or descriptor under the handler's output, flushed; None if none."""
     out = getattr(handler, "stdout", None)
-    if isinstance(out, socketserver._SocketWriter):  # simple_server's unbuffered wfile
+    if isinstance(out, _SOCKET_WRITER):  # simple_server's unbuffered wfile
         return out._sock
     try:
         fd = out.fileno()  # type: ignore[union-attr]
@@ -128,11 +129,11 @@ def _descriptor(handler: handlers.BaseHandler) -> Any:
     return fd
 
 
-def _headers_as_bytes(handler: handlers.BaseHandler) -> bytes:
+def _headers_as_bytes(handler: Any) -> bytes:
     # Let the handler render its headers (preamble, Date, Server, CGI Status:
     # whatever its class does) but keep the bytes, to send with the body.
     chunks: list[bytes] = []
-    handler._write = chunks.append  # type: ignore[method-assign]
+    handler._write = chunks.append
     try:
         handler.send_headers()
     finally:
@@ -140,7 +141,7 @@ def _headers_as_bytes(handler: handlers.BaseHandler) -> bytes:
     return b"".join(chunks)
 
 
-def _close_connection(handler: handlers.BaseHandler) -> None:
+def _close_connection(handler: Any) -> None:
     request_handler = getattr(handler, "request_handler", None)
     if request_handler is not None:
         request_handler.close_connection = True
@@ -154,6 +155,10 @@ class Handler(simple_server.ServerHandler):
     result_is_file = _result_is_file
     sendfile = _sendfile
     request_handler: Any
+    environ: Any
+    status: Any
+    headers: Any
+    bytes_sent: int
 
     def cleanup_headers(self) -> None:
         super().cleanup_headers()
@@ -213,8 +218,8 @@ class RequestHandler(simple_server.WSGIRequestHandler):
         if environ.get("CONTENT_LENGTH") not in (None, "", "0") or self.headers.get(
                 "Transfer-Encoding"):
             self.close_connection = True
-        handler = self.handler_class(self.rfile, self.wfile, self.get_stderr(), environ,
-                                     multithread=True)
+        handler = self.handler_class(self.rfile, self.wfile,  # type: ignore[arg-type]
+                                     self.get_stderr(), environ, multithread=True)
         handler.request_handler = self
         handler.run(self.server.get_app())  # type: ignore[attr-defined]
 
