@@ -302,9 +302,11 @@ cdef class Transmission:
                 if self.done or not self._blocked:
                     continue
                 with nogil:
-                    rc = fw_poll(self._wait_fd, self._wait_events, timeout_ms)
+                    # poll() ignores a negative descriptor and only sleeps.
+                    rc = fw_poll(self._wait_fd, self._wait_events,
+                                 1 if self._wait_fd < 0 else timeout_ms)
                     err = errno
-                if rc == 0:
+                if rc == 0 and self._wait_fd >= 0:
                     raise TimeoutError(_plan.timeout_message(
                         dest.timeout, self._wait_fd == self._dest_fd))
                 if rc < 0:
@@ -632,10 +634,8 @@ cdef class Transmission:
             fd = reader.fileno()
         except (AttributeError, OSError, ValueError):
             fd = -1
-        if fd >= 0:
-            self._would_block(fd, POLLIN)
-        else:
-            self._would_block(self._dest_fd, POLLOUT)
+        # No descriptor to wait on: -1 makes the blocking loop back off briefly.
+        self._would_block(fd, POLLIN)
 
 
 def transmit_file(source, dest, count=None, headers=b""):

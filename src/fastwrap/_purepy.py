@@ -13,6 +13,7 @@ import signal
 import socket
 import stat
 import sys
+import time
 from typing import Any, Optional, Union
 
 try:
@@ -53,6 +54,8 @@ _TCP_CORK = getattr(socket, "TCP_CORK", None)
 _CAN_MASK = hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGPIPE")
 _POLLIN = getattr(select, "POLLIN", 1)
 _POLLOUT = getattr(select, "POLLOUT", 4)
+# How long to wait before asking again a source that has nothing to poll.
+_BACKOFF = 0.001
 
 try:
     import ssl
@@ -405,12 +408,16 @@ class Transmission:
             fd = self._plan.reader.fileno()
         except (AttributeError, OSError, ValueError):
             fd = -1
-        self._wait = (fd, _POLLIN) if fd >= 0 else (self._plan.dest.fd, _POLLOUT)
+        # No descriptor to wait on: -1 makes the blocking loop back off briefly.
+        self._wait = (fd, _POLLIN)
 
     def _block(self, timeout: Optional[float]) -> None:
         """Wait until the end that stopped the last step is ready again."""
         fd, events = self._wait
         self._wait = (self._plan.dest.fd, _POLLOUT)
+        if fd < 0:
+            time.sleep(_BACKOFF)
+            return
         if not _ready(fd, events, timeout):
             raise TimeoutError(_plan.timeout_message(timeout, fd == self._plan.dest.fd))
 
