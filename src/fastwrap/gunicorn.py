@@ -1,0 +1,160 @@
+"""fastwrap in gunicorn: one worker class, and file responses leave through fastwrap.
+
+Turn it on by naming the worker class::
+
+    gunicorn -k fastwrap.gunicorn.SyncWorker app:app
+    gunicorn -k fastwrap.gunicorn.ThreadWorker --threads 8 app:app   # gthread
+
+(or ``worker_class = "fastwrap.gunicorn.ThreadWorker"`` in a config file).
+Everything else is gunicorn's own worker: its request loop, keep-alive,
+HTTP/2, TLS, timeouts, hooks and logs are untouched.
+
+What changes: ``environ['wsgi.file_wrapper']`` is :class:`fastwrap.FileWrapper`,
+and a result that is a file response (fastwrap's or the stdlib's FileWrapper,
+or werkzeug's range wrapper around either, as Flask's ``send_file`` answers a
+``Range:`` request) is sent by :func:`fastwrap.transmit` where gunicorn's
+own ``Response.sendfile()`` would be, following the rules of
+:mod:`fastwrap._serving` instead of gunicorn's:
+
+- the body starts at the file's ``tell()``, not at the descriptor's raw offset;
+- exactly min(Content-Length, what the file holds from there) bytes are sent;
+  with no Content-Length from the application, one is set from the file;
+- no body for HEAD, 1xx, 204 and 304;
+- a file shorter than its Content-Length is logged and the connection closed;
+- on TLS (``--certfile``/``--keyfile``) fastwrap writes through the SSL socket
+  itself, never handing it to the kernel;
+- the access log's ``%(b)s``/``%(B)s`` show the body bytes really sent.
+
+gunicorn's ``--no-sendfile`` also keeps fastwrap off sendfile and splice in
+the worker.  Warnings from fastwrap (a short file) go to gunicorn's error log
+unless logging was configured otherwise.
+
+How: the worker wraps the application once, when it loads it.  A file
+response comes back to gunicorn as a stand-in body whose iteration sends the
+file, so it is sent at the same moment, inside the same error handling and
+before the same access-log call as any other body.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator
+
+from gunicorn.http.wsgi import Response  # type: ignore[import-untyped]
+from gunicorn.workers import gthread, sync  # type: ignore[import-untyped]
+
+import fastwrap
+
+from . import _serving
+
+__all__ = ["SyncWorker", "ThreadWorker"]
+
+
+class _Worker:
+    """What fastwrap adds to a gunicorn worker class (mixed in first)."""
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()  # type: ignore[misc]
+        self.wsgi = _serve_files_with_fastwrap(self.wsgi)  # type: ignore[has-type]
+        if self.cfg.sendfile is False:  # type: ignore[attr-defined]
+            fastwrap.disable("sendfile", "splice")  # this worker process only
+        _log_to(self.log)  # type: ignore[attr-defined]
+
+
+class SyncWorker(_Worker, sync.SyncWorker):
+    """gunicorn's ``sync`` worker, sending file responses through fastwrap."""
+
+
+class ThreadWorker(_Worker, gthread.ThreadWorker):
+    """gunicorn's ``gthread`` worker, sending file responses through fastwrap."""
+
+
+def _serve_files_with_fastwrap(app: Callable[..., Any]) -> Callable[..., Any]:
+    def application(environ: dict, start_response: Callable[..., Any]) -> Any:
+        environ["wsgi.file_wrapper"] = fastwrap.FileWrapper
+        result = app(environ, start_response)
+        # gunicorn's start_response is a method of the request's Response.
+        resp: Any = getattr(start_response, "__self__", None)
+        response = _serving.FileResponse.of(result)
+        if response is None or not _writes_raw_http1(resp) or resp.status is None:
+            return result
+        return _FileBody(result, response, resp)
+
+    return application
+
+
+def _writes_raw_http1(resp: Any) -> bool:
+    # An HTTP/2 response (or any subclass reframing its body) is left to gunicorn.
+    return isinstance(resp, Response) and (
+        getattr(type(resp), "_emit_body", None) is getattr(Response, "_emit_body", None))
+
+
+class _FileBody:
+    """The body gunicorn iterates for a file response: iterating it sends the file."""
+
+    def __init__(self, result: Any, response: _serving.FileResponse, resp: Response) -> None:
+        self.result = result
+        self.response = response
+        self.resp = resp
+        self.written_to_end = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.resp.headers_sent:  # the app used write(): gunicorn frames the rest
+            return self._by_iteration()
+        send_file_response(self.resp, self.response)
+        return iter(())
+
+    def _by_iteration(self) -> Iterator[bytes]:
+        self.response.prepare()
+        yield from self.response.wrapper  # Response.write() stops at Content-Length
+        self.written_to_end = True
+
+    def close(self) -> None:
+        resp = self.resp
+        promised = resp.response_length
+        if (self.written_to_end and promised is not None and resp.sent < promised
+                and _serving.body_allowed(resp.req.method, resp.status_code)):
+            # gunicorn would leave a short body on a keep-alive connection.
+            _serving.report_short(_serving.Framing(True, None, None, promised), resp.sent,
+                                  resp.req.path)
+            resp.force_close()
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()
+
+
+def send_file_response(resp: Response, response: _serving.FileResponse) -> None:
+    """Send *response*, headers included, for gunicorn's *resp*; set ``resp.sent``."""
+    response.prepare()
+    declared = None if resp.response_length is None else str(resp.response_length)
+    framing = _serving.frame(response, resp.req.method, resp.status_code, declared)
+    if framing.content_length is not None:
+        resp.headers.append(("Content-Length", str(framing.content_length)))
+        resp.response_length = framing.content_length
+    elif resp.status_code == 204 or 100 <= resp.status_code < 200:
+        # RFC 9110 forbids Content-Length here (gunicorn < 27 kept the app's).
+        resp.headers = [h for h in resp.headers if h[0].lower() != "content-length"]
+        resp.response_length = None
+    if not framing.delimited:
+        resp.force_close()  # the body ends when the connection does
+    resp.chunked = False
+    # As Response.send_headers(), but the bytes leave with the body.
+    lines = resp.default_headers() + ["%s: %s\r\n" % header for header in resp.headers]
+    head = ("".join(lines) + "\r\n").encode("latin-1")
+    resp.headers_sent = True
+    if framing.body:
+        sent = fastwrap.transmit(resp.sock, response.wrapper, framing.count, headers=head)
+    else:
+        sent = fastwrap.transmit(resp.sock, (), headers=head)
+    resp.sent = sent
+    if framing.short(sent):
+        _serving.report_short(framing, sent, resp.req.path)
+        resp.force_close()
+
+
+def _log_to(gunicorn_log: Any) -> None:
+    """Send fastwrap's warnings to gunicorn's error log, if nobody configured logging."""
+    ours = logging.getLogger("fastwrap")
+    if ours.handlers or logging.getLogger().handlers:
+        return
+    for handler in getattr(gunicorn_log, "error_log", logging.getLogger("gunicorn.error")).handlers:
+        ours.addHandler(handler)

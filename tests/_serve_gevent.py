@@ -1,0 +1,147 @@
+"""A real gevent.pywsgi server with fastwrap.gevent.WSGIHandler, in a subprocess.
+
+gevent's monkey-patching must not leak into the pytest process, so the
+server runs in a child interpreter: ``serve_gevent(app_ref)`` starts it on a
+free port of 127.0.0.1, waits until it answers, yields its base URL and
+terminates it at exit.  The app is wrapped with ``_servers.with_stats`` so
+``GET /__stats__`` reports the server process's ``fastwrap.stats()``.
+
+The URL it yields is a ``str`` that also carries ``access_log`` (pywsgi's
+request log: one line per request, with the byte count) and ``error_log``
+(the child's stderr, where fastwrap logs a short file) paths.
+
+Run as a script, this file *is* the child: ``python _serve_gevent.py APP_REF
+ACCESS_LOG [CERTFILE KEYFILE]``; it prints its port on stdout and serves until terminated.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+HERE = Path(__file__).resolve().parent
+HANG = 60.0  # a guard against hanging the run, never an assertion on time
+
+
+class ServerURL(str):
+    """A base URL that also tells where the server's logs are."""
+
+    access_log: Path
+    error_log: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.rsplit(":", 1)[1])
+
+    def access_lines(self) -> list:
+        return self.access_log.read_text().splitlines()
+
+
+def _src_dir() -> str:
+    import importlib.util
+    spec = importlib.util.find_spec("fastwrap")
+    return str(Path(spec.origin).resolve().parents[1])
+
+
+@contextlib.contextmanager
+def serve_gevent(app_ref: str, env: Optional[Dict[str, str]] = None,
+                 tls: Optional[Tuple[str, str]] = None) -> Iterator[ServerURL]:
+    """Serve *app_ref* (``"module:attribute"`` importable from tests/) with gevent.
+
+    *env* is added to the child's environment (e.g. ``FASTWRAP_NO_EXTENSIONS=1``);
+    *tls* = (certfile, keyfile) serves HTTPS (the URL then says https, and
+    the launcher's readiness probe is skipped: the caller probes with its
+    own TLS context).
+    """
+    logdir = Path(tempfile.mkdtemp(prefix="fastwrap-gevent-"))
+    access_log = logdir / "access.log"
+    error_log = logdir / "error.log"
+    child_env = {k: v for k, v in os.environ.items()
+                 if k not in ("FASTWRAP_NO_EXTENSIONS", "FASTWRAP_DISABLE")}
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [_src_dir(), str(HERE)]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    child_env.update(env or {})
+    with open(error_log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), app_ref, str(access_log),
+             *(tls or ())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=child_env)
+    try:
+        line = proc.stdout.readline()  # the child prints its port once bound
+        if not line:
+            proc.wait(HANG)
+            raise RuntimeError(f"gevent server did not start:\n{error_log.read_text()}")
+        url = ServerURL(f"{'https' if tls else 'http'}://127.0.0.1:{int(line)}")
+        url.access_log = access_log
+        url.error_log = error_log
+        if not tls:
+            _wait_until_answering(url, proc)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(HANG)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(HANG)
+        proc.stdout.close()
+        for path in (access_log, error_log):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            logdir.rmdir()
+
+
+def _wait_until_answering(url: ServerURL, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + HANG
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", url.port, timeout=HANG)
+        try:
+            conn.request("GET", "/__stats__")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"gevent server is not answering:\n{url.error_log.read_text()}")
+        time.sleep(0.05)
+
+
+def _child(app_ref: str, access_log: str, *tls: str) -> None:
+    from gevent import monkey
+    monkey.patch_all()
+
+    import logging
+
+    import gevent
+    from gevent.pywsgi import WSGIServer
+
+    import fastwrap.gevent
+    from _servers import load, with_stats
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(name)s %(levelname)s %(message)s")
+    log = open(access_log, "a", buffering=1)
+    ssl_args = {"certfile": tls[0], "keyfile": tls[1]} if tls else {}
+    server = WSGIServer(("127.0.0.1", 0), with_stats(load(app_ref)), log=log,
+                        handler_class=fastwrap.gevent.WSGIHandler, **ssl_args)
+    server.start()
+    gevent.signal_handler(signal.SIGTERM, server.stop)
+    sys.stdout.write(f"{server.server_port}\n")
+    sys.stdout.flush()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:])
