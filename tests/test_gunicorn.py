@@ -15,6 +15,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +31,12 @@ pytest.importorskip("gunicorn", reason="gunicorn is in the project's test extra"
 
 DATA = random_bytes(3_000_000 + 123, seed=3333)
 SIZE = len(DATA)
-WORKERS = ["sync", "gthread"]
+from fastwrap.gunicorn import GTHREAD_MINIMUM, _VERSION as GUNICORN_VERSION  # noqa: E402
+
+# fastwrap's gthread worker refuses gunicorns older than 27 (see
+# test_thread_worker_boots_only_on_a_gunicorn_that_frames_keep_alive_right).
+GTHREAD_WORKS = GUNICORN_VERSION >= GTHREAD_MINIMUM
+WORKERS = ["sync", "gthread"] if GTHREAD_WORKS else ["sync"]
 ACCESS_FORMAT = "%(m)s %(U)s?%(q)s %(s)s B=%(B)s b=%(b)s"
 CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed on this machine")
@@ -148,7 +154,12 @@ def _raw(server: Server, request_lines: List[str]) -> List[Tuple[bytes, bytes]]:
                 break
             assert not extra, "bytes beyond the Content-Length"
         while True:
-            chunk = sock.recv(1 << 16)
+            try:
+                chunk = sock.recv(1 << 16)
+            except ConnectionResetError:
+                # gunicorn before 27 may end a gthread connection with a
+                # reset rather than a FIN once the last response is out.
+                break
             if not chunk:
                 break
             extra += chunk
@@ -518,3 +529,23 @@ def test_whitenoise_is_served_by_sendfile(e2e_root, worker):
         head, body = served.fetch("/files/data.bin")
         assert head.startswith(b"HTTP/1.1 200 ") and body == DATA
         assert _moved(before, served.stats())["sendfile"] == (1, SIZE)
+
+
+def test_thread_worker_boots_only_on_a_gunicorn_that_frames_keep_alive_right(data_file):
+    if GTHREAD_WORKS:
+        with serve_gunicorn("apps_gunicorn:app", worker="gthread",
+                            env={"FASTWRAP_TEST_FILE": str(data_file)}) as url:
+            host, port = url.rsplit("/", 1)[-1].split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("GET", "/file")
+            assert conn.getresponse().read() == DATA
+            conn.close()
+        return
+    # An older gunicorn: the worker says why it will not run, and gunicorn stops.
+    proc = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-k", "fastwrap.gunicorn.ThreadWorker",
+         "--bind", "127.0.0.1:0", "--chdir", str(Path(__file__).resolve().parent),
+         "apps_gunicorn:app"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "ThreadWorker needs gunicorn >= 27" in proc.stdout

@@ -37,8 +37,10 @@ before the same access-log call as any other body.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Callable, Iterator
 
+import gunicorn  # type: ignore[import-untyped]
 from gunicorn.http.wsgi import Response  # type: ignore[import-untyped]
 from gunicorn.workers import gthread, sync  # type: ignore[import-untyped]
 
@@ -64,8 +66,25 @@ class SyncWorker(_Worker, sync.SyncWorker):
     """gunicorn's ``sync`` worker, sending file responses through fastwrap."""
 
 
+# Older gthread workers mis-frame keep-alive responses by themselves (a body
+# after HEAD, a chunk terminator after 204): fastwrap cannot make those right.
+GTHREAD_MINIMUM = (27, 0)
+_VERSION = tuple(int(part) for part in re.findall(r"\d+", gunicorn.__version__)[:2])
+
+
 class ThreadWorker(_Worker, gthread.ThreadWorker):
-    """gunicorn's ``gthread`` worker, sending file responses through fastwrap."""
+    """gunicorn's ``gthread`` worker, sending file responses through fastwrap.
+
+    Needs gunicorn 27 or later; with an older gunicorn it refuses to boot.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if _VERSION < GTHREAD_MINIMUM:
+            raise RuntimeError(
+                f"fastwrap.gunicorn.ThreadWorker needs gunicorn >= 27, found "
+                f"{gunicorn.__version__}: older gthread workers mis-frame keep-alive "
+                "responses; use fastwrap.gunicorn.SyncWorker")
+        super().__init__(*args, **kwargs)
 
 
 def _serve_files_with_fastwrap(app: Callable[..., Any]) -> Callable[..., Any]:
