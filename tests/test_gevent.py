@@ -152,7 +152,7 @@ def test_environ_offers_fastwraps_file_wrapper(server):
 
 
 def test_empty_file_is_delimited(server):
-    # _serving treats a size-0 regular file as of unknown size (a /proc file
+    # fastwrap.serving treats a size-0 regular file as of unknown size (a /proc file
     # says 0 too): then the end of the connection ends the body.
     status, headers, body = get(server, "/file?name=empty.bin&cl=none")
     assert (status, body) == (200, b"")

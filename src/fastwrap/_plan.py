@@ -156,7 +156,13 @@ def fill(reader: Any, buffer: Optional[memoryview], want: int,
     try:
         if buffer is not None:
             n = reader.readinto(buffer[:want])
-            return None if n is None else buffer[:n]
+            if n is None:
+                return None
+            n = operator.index(n)
+            if n < 0:
+                raise ValueError(f"readinto() returned {n}, a negative byte count")
+            # A readinto() claiming more than it was given has no such bytes.
+            return buffer[:min(n, want)]
         data = reader.read(want)
     except BlockingIOError:  # a buffered reader over a non-blocking raw file
         return None
@@ -290,6 +296,30 @@ def _is_wsgiref_wrapper(obj: Any) -> bool:
     # wsgiref is imported lazily: most servers never load it.
     util = sys.modules.get("wsgiref.util")
     return util is not None and isinstance(obj, util.FileWrapper)
+
+
+def is_plain_file_wrapper(obj: Any) -> bool:
+    """Whether *obj* is a FileWrapper whose bytes are exactly its file's.
+
+    fastwrap's own, or the stdlib's around a binary file; not a subclass
+    that changes what iteration yields (that one must be iterated), nor a
+    closed one.
+    """
+    if isinstance(obj, _wrapper_types):
+        base = next(cls for cls in _wrapper_types if isinstance(obj, cls))
+        if obj.closed:
+            return False
+    elif _is_wsgiref_wrapper(obj):
+        base = sys.modules["wsgiref.util"].FileWrapper
+        try:
+            check_filelike(obj.filelike)
+        except (TypeError, ValueError):
+            return False  # a StringIO: the stdlib loop handles it as it always did
+    else:
+        return False
+    cls = type(obj)
+    return cls is base or all(getattr(cls, name, None) is getattr(base, name, None)
+                              for name in ("__iter__", "__next__", "__getitem__"))
 
 
 def _unwrap_tempfile(obj: Any) -> Any:
@@ -496,7 +526,7 @@ class Plan:
 
 def byte_view(obj: Any) -> memoryview:
     view = memoryview(obj)
-    if view.ndim == 1 and view.format == "B":
+    if view.ndim == 1 and view.format == "B" and view.c_contiguous:
         return view
     if view.c_contiguous:
         return view.cast("B")

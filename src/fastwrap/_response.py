@@ -1,7 +1,6 @@
 """fastwrap.transmit: send any WSGI response iterable, the fast way when it can."""
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Iterable, Optional
 
 from . import _plan
@@ -21,7 +20,7 @@ def make_transmit(transmit_file: Callable[..., int]) -> Callable[..., int]:
         calls its ``close()``, as PEP 3333 asks of servers.
         """
         limit = _plan.check_count(count)
-        if isinstance(result, _plan._wrapper_types) or _is_binary_wsgiref_wrapper(result):
+        if _plan.is_plain_file_wrapper(result):
             return transmit_file(result, dest, count, headers)
         sent = 0
         for chunk in result:
@@ -41,14 +40,3 @@ def make_transmit(transmit_file: Callable[..., int]) -> Callable[..., int]:
         return sent
 
     return transmit
-
-
-def _is_binary_wsgiref_wrapper(result: Any) -> bool:
-    util = sys.modules.get("wsgiref.util")
-    if util is None or not isinstance(result, util.FileWrapper):
-        return False
-    try:
-        _plan.check_filelike(result.filelike)
-    except (TypeError, ValueError):
-        return False  # e.g. a StringIO: iterate it as wsgiref would
-    return True

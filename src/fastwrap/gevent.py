@@ -14,7 +14,7 @@ hub, so a slow client only ever holds its own greenlet::
 or ``fastwrap.gevent.WSGIServer(("", 8000), app)``, which has it preset.
 
 File responses follow the rules every fastwrap integration shares (see
-``fastwrap._serving``): the body starts at the file's ``tell()``; at most
+``fastwrap.serving``): the body starts at the file's ``tell()``; at most
 min(Content-Length, what the file holds) bytes leave; a missing
 Content-Length is set from the file; no body for HEAD, 1xx, 204 and 304; a
 file that comes up short is logged and the connection closed; and the
@@ -39,7 +39,7 @@ from gevent.socket import wait as _wait
 
 import fastwrap
 
-from . import _serving
+from . import serving
 
 __all__ = ["WSGIHandler", "WSGIServer"]
 
@@ -57,7 +57,7 @@ class WSGIHandler(pywsgi.WSGIHandler):
     #: writes wait as long).
     file_send_timeout: Optional[float] = None
 
-    _fastwrap_framing: Optional[_serving.Framing] = None
+    _fastwrap_framing: Optional[serving.Framing] = None
     _fastwrap_started = False
     _fastwrap_body = True                  # whether this response may have a body
     _fastwrap_left: Optional[int] = None   # body bytes still promised by Content-Length
@@ -79,7 +79,7 @@ class WSGIHandler(pywsgi.WSGIHandler):
         if self.status and not self.headers_sent:
             # With headers already out (the app used write()), the stock loop
             # stays in charge of the framing it began.
-            response = _serving.FileResponse.of(self.result)
+            response = serving.FileResponse.of(self.result)
         if response is not None:
             self.send_file_response(response)
             return
@@ -88,16 +88,16 @@ class WSGIHandler(pywsgi.WSGIHandler):
         super().process_result()
         left = self._fastwrap_left
         if self._fastwrap_body and left:
-            promised = _serving.parse_content_length(self.provided_content_length) or 0
-            _serving.report_short(_serving.Framing(True, None, None, promised),
+            promised = serving.parse_content_length(self.provided_content_length) or 0
+            serving.report_short(serving.Framing(True, None, None, promised),
                                   promised - left, self.environ.get("PATH_INFO", "?"))
             self.close_connection = True
 
-    def send_file_response(self, response: _serving.FileResponse) -> None:
+    def send_file_response(self, response: serving.FileResponse) -> None:
         """Send *response*'s headers and body on the client socket, cooperatively."""
         response.prepare()
         method = self.environ.get("REQUEST_METHOD", self.command or "GET")
-        framing = _serving.frame(response, method, self.code, self.provided_content_length)
+        framing = serving.frame(response, method, self.code, self.provided_content_length)
         self._fastwrap_framing = framing
         if framing.content_length is not None:
             value = str(framing.content_length)
@@ -110,15 +110,15 @@ class WSGIHandler(pywsgi.WSGIHandler):
             return
         sent = self._transmit(response, framing, head)
         if framing.short(sent):
-            _serving.report_short(framing, sent, self.environ.get("PATH_INFO", "?"))
+            serving.report_short(framing, sent, self.environ.get("PATH_INFO", "?"))
             self.close_connection = True
 
     def finalize_headers(self) -> None:
         super().finalize_headers()
         method = self.environ.get("REQUEST_METHOD", self.command or "GET")
-        self._fastwrap_body = _serving.body_allowed(method, self.code)
+        self._fastwrap_body = serving.body_allowed(method, self.code)
         if self._fastwrap_body:
-            self._fastwrap_left = _serving.parse_content_length(self.provided_content_length)
+            self._fastwrap_left = serving.parse_content_length(self.provided_content_length)
         else:
             # pywsgi would send a HEAD response's body (and a chunked one's
             # terminator): the header may stay, the bytes may not.
@@ -165,7 +165,7 @@ class WSGIHandler(pywsgi.WSGIHandler):
             del self._sendall
         return b"".join(bytes(c) for c in chunks)
 
-    def _transmit(self, response: _serving.FileResponse, framing: _serving.Framing,
+    def _transmit(self, response: serving.FileResponse, framing: serving.Framing,
                   head: bytes) -> int:
         sock = self.socket
         timeout = self.file_send_timeout

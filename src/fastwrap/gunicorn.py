@@ -14,7 +14,7 @@ and a result that is a file response (fastwrap's or the stdlib's FileWrapper,
 or werkzeug's range wrapper around either, as Flask's ``send_file`` answers a
 ``Range:`` request) is sent by :func:`fastwrap.transmit` where gunicorn's
 own ``Response.sendfile()`` would be, following the rules of
-:mod:`fastwrap._serving` instead of gunicorn's:
+:mod:`fastwrap.serving` instead of gunicorn's:
 
 - the body starts at the file's ``tell()``, not at the descriptor's raw offset;
 - exactly min(Content-Length, what the file holds from there) bytes are sent;
@@ -46,7 +46,7 @@ from gunicorn.workers import gthread, sync  # type: ignore[import-untyped]
 
 import fastwrap
 
-from . import _serving
+from . import serving
 
 __all__ = ["SyncWorker", "ThreadWorker"]
 
@@ -93,7 +93,7 @@ def _serve_files_with_fastwrap(app: Callable[..., Any]) -> Callable[..., Any]:
         result = app(environ, start_response)
         # gunicorn's start_response is a method of the request's Response.
         resp: Any = getattr(start_response, "__self__", None)
-        response = _serving.FileResponse.of(result)
+        response = serving.FileResponse.of(result)
         if response is None or not _writes_raw_http1(resp) or resp.status is None:
             return result
         return _FileBody(result, response, resp)
@@ -110,7 +110,7 @@ def _writes_raw_http1(resp: Any) -> bool:
 class _FileBody:
     """The body gunicorn iterates for a file response: iterating it sends the file."""
 
-    def __init__(self, result: Any, response: _serving.FileResponse, resp: Response) -> None:
+    def __init__(self, result: Any, response: serving.FileResponse, resp: Response) -> None:
         self.result = result
         self.response = response
         self.resp = resp
@@ -131,9 +131,9 @@ class _FileBody:
         resp = self.resp
         promised = resp.response_length
         if (self.written_to_end and promised is not None and resp.sent < promised
-                and _serving.body_allowed(resp.req.method, resp.status_code)):
+                and serving.body_allowed(resp.req.method, resp.status_code)):
             # gunicorn would leave a short body on a keep-alive connection.
-            _serving.report_short(_serving.Framing(True, None, None, promised), resp.sent,
+            serving.report_short(serving.Framing(True, None, None, promised), resp.sent,
                                   resp.req.path)
             resp.force_close()
         close = getattr(self.result, "close", None)
@@ -141,11 +141,11 @@ class _FileBody:
             close()
 
 
-def send_file_response(resp: Response, response: _serving.FileResponse) -> None:
+def send_file_response(resp: Response, response: serving.FileResponse) -> None:
     """Send *response*, headers included, for gunicorn's *resp*; set ``resp.sent``."""
     response.prepare()
     declared = None if resp.response_length is None else str(resp.response_length)
-    framing = _serving.frame(response, resp.req.method, resp.status_code, declared)
+    framing = serving.frame(response, resp.req.method, resp.status_code, declared)
     if framing.content_length is not None:
         resp.headers.append(("Content-Length", str(framing.content_length)))
         resp.response_length = framing.content_length
@@ -166,7 +166,7 @@ def send_file_response(resp: Response, response: _serving.FileResponse) -> None:
         sent = fastwrap.transmit(resp.sock, (), headers=head)
     resp.sent = sent
     if framing.short(sent):
-        _serving.report_short(framing, sent, resp.req.path)
+        serving.report_short(framing, sent, resp.req.path)
         resp.force_close()
 
 

@@ -22,7 +22,7 @@ from wsgiref import handlers, simple_server
 
 import fastwrap
 
-from . import _serving
+from . import serving
 
 __all__ = ["Handler", "RequestHandler", "Server", "install", "installed",
            "make_server", "send_file_response", "uninstall"]
@@ -32,7 +32,7 @@ _SOCKET_WRITER: Any = getattr(socketserver, "_SocketWriter", ())
 
 
 def _result_is_file(self: Any) -> bool:
-    response = _serving.FileResponse.of(self.result)
+    response = serving.FileResponse.of(self.result)
     self._fastwrap_response = response
     return response is not None
 
@@ -45,22 +45,42 @@ def _sendfile(self: Any) -> bool:
     return send_file_response(self, response)
 
 
+_STOCK_WRITE = handlers.BaseHandler.write
+
+
+def _write(self: Any, data: bytes) -> None:
+    # The stdlib loop's write(), under the same rules as a transmitted file:
+    # no body where HTTP forbids one, never past the Content-Length.
+    if self.status and not serving.body_allowed(
+            self.environ.get("REQUEST_METHOD", "GET"), int(self.status.split(None, 1)[0])):
+        data = b""  # the headers still go out
+    else:
+        promised = serving.parse_content_length(self.headers.get("Content-Length"))
+        if promised is not None:
+            sent = self.bytes_sent if self.headers_sent else 0
+            data = data[:max(promised - sent, 0)]
+    _STOCK_WRITE(self, data)
+
+
+_PATCHES = {"result_is_file": _result_is_file, "sendfile": _sendfile, "write": _write}
+
+
 def install() -> None:
     """Send every wsgiref handler's file responses through fastwrap."""
     global _stock
     if _stock is None:
         cls = handlers.BaseHandler
-        _stock = (cls.__dict__["result_is_file"], cls.__dict__["sendfile"])
-        cls.result_is_file = _result_is_file  # type: ignore[method-assign]
-        cls.sendfile = _sendfile  # type: ignore[method-assign]
+        _stock = tuple(cls.__dict__[name] for name in _PATCHES)
+        for name, patch in _PATCHES.items():
+            setattr(cls, name, patch)
 
 
 def uninstall() -> None:
     """Put wsgiref back as it was before :func:`install`."""
     global _stock
     if _stock is not None:
-        cls = handlers.BaseHandler
-        cls.result_is_file, cls.sendfile = _stock  # type: ignore[method-assign]
+        for name, original in zip(_PATCHES, _stock):
+            setattr(handlers.BaseHandler, name, original)
         _stock = None
 
 
@@ -80,7 +100,7 @@ def installed() -> Iterator[None]:
             uninstall()
 
 
-def send_file_response(handler: Any, response: _serving.FileResponse) -> bool:
+def send_file_response(handler: Any, response: serving.FileResponse) -> bool:
     """Send *response* for a wsgiref *handler*, headers included; always True.
 
     Writes through fastwrap when the handler's output has a descriptor
@@ -90,7 +110,7 @@ def send_file_response(handler: Any, response: _serving.FileResponse) -> bool:
     response.prepare()
     environ = handler.environ
     status = int(handler.status.split(None, 1)[0])
-    framing = _serving.frame(response, environ.get("REQUEST_METHOD", "GET"), status,
+    framing = serving.frame(response, environ.get("REQUEST_METHOD", "GET"), status,
                              handler.headers.get("Content-Length"))
     if framing.content_length is not None:
         handler.headers["Content-Length"] = str(framing.content_length)
@@ -100,7 +120,7 @@ def send_file_response(handler: Any, response: _serving.FileResponse) -> bool:
         handler._write(head)
         sent = 0
         if framing.body:
-            for chunk in _serving.iter_body(response, framing):
+            for chunk in serving.iter_body(response, framing):
                 handler._write(chunk)
                 sent += len(chunk)
         handler._flush()
@@ -110,7 +130,7 @@ def send_file_response(handler: Any, response: _serving.FileResponse) -> bool:
         sent = fastwrap.transmit(dest, (), headers=head)
     handler.bytes_sent = sent
     if framing.short(sent):
-        _serving.report_short(framing, sent, environ.get("PATH_INFO", "?"))
+        serving.report_short(framing, sent, environ.get("PATH_INFO", "?"))
     if framing.short(sent) or not framing.delimited:
         _close_connection(handler)
     return True
@@ -154,6 +174,7 @@ class Handler(simple_server.ServerHandler):
     wsgi_file_wrapper = fastwrap.FileWrapper  # type: ignore[assignment]
     result_is_file = _result_is_file
     sendfile = _sendfile
+    write = _write
     request_handler: Any
     environ: Any
     status: Any
@@ -166,17 +187,17 @@ class Handler(simple_server.ServerHandler):
         status = int(self.status.split(None, 1)[0])
         # Keep-alive needs a body whose end the client can find.
         delimited = ("Content-Length" in self.headers
-                     or not _serving.body_allowed(method, status))
+                     or not serving.body_allowed(method, status))
         if not delimited:
             self.request_handler.close_connection = True
         if self.request_handler.close_connection:
             self.headers["Connection"] = "close"
 
     def close(self) -> None:
-        promised = _serving.parse_content_length(
+        promised = serving.parse_content_length(
             self.headers.get("Content-Length") if self.headers else None)
         if (promised is not None and self.status
-                and _serving.body_allowed(self.environ.get("REQUEST_METHOD", "GET"),
+                and serving.body_allowed(self.environ.get("REQUEST_METHOD", "GET"),
                                           int(self.status.split(None, 1)[0]))
                 and self.bytes_sent != promised):
             self.request_handler.close_connection = True

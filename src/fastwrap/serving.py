@@ -19,7 +19,6 @@ import io
 import mmap
 import os
 import stat
-import sys
 from typing import Any, Iterator, Optional
 
 from . import _plan
@@ -48,9 +47,10 @@ class FileResponse:
         by seeking to the range instead of reading up to it.  Anything else
         is left to plain iteration, which is always correct.
         """
-        if _is_file_wrapper(result):
+        if _plan.is_plain_file_wrapper(result):
             return cls(result, result)
-        if _is_untouched_range_wrapper(result) and _is_file_wrapper(result.iterable):
+        if (_is_untouched_range_wrapper(result)
+                and _plan.is_plain_file_wrapper(result.iterable)):
             return cls(result, result.iterable, result.start_byte, result.byte_range)
         return None
 
@@ -63,7 +63,7 @@ class FileResponse:
         if self.range_start is None:
             return
         wrapper = self.wrapper
-        if _is_fastwrap_wrapper(wrapper):
+        if isinstance(wrapper, _plan._wrapper_types):
             wrapper.seek(self.range_start)
         else:
             # werkzeug skips range_start bytes from where the stdlib wrapper
@@ -168,23 +168,6 @@ def iter_body(response: FileResponse, framing: Framing) -> Iterator[bytes]:
             yield chunk
         if remaining == 0:
             break
-
-
-def _is_fastwrap_wrapper(obj: Any) -> bool:
-    return isinstance(obj, _plan._wrapper_types)
-
-
-def _is_file_wrapper(obj: Any) -> bool:
-    if _is_fastwrap_wrapper(obj):
-        return not obj.closed
-    util = sys.modules.get("wsgiref.util")
-    if util is None or not isinstance(obj, util.FileWrapper):
-        return False
-    try:
-        _plan.check_filelike(obj.filelike)
-    except (TypeError, ValueError):
-        return False  # a StringIO: the stdlib loop handles it as it always did
-    return True
 
 
 def _is_untouched_range_wrapper(obj: Any) -> bool:
