@@ -57,6 +57,12 @@ class WSGIHandler(pywsgi.WSGIHandler):
     #: writes wait as long).
     file_send_timeout: Optional[float] = None
 
+    # pywsgi's own state, set per request (typed here: gevent ships no types).
+    code: Any
+    provided_content_length: Any
+    response_headers: Any
+    response_length: int
+
     _fastwrap_framing: Optional[serving.Framing] = None
     _fastwrap_started = False
     _fastwrap_body = True                  # whether this response may have a body

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Dict, Iterator
 
 import gunicorn  # type: ignore[import-untyped]
 from gunicorn.http.wsgi import Response  # type: ignore[import-untyped]
@@ -88,7 +88,7 @@ class ThreadWorker(_Worker, gthread.ThreadWorker):
 
 
 def _serve_files_with_fastwrap(app: Callable[..., Any]) -> Callable[..., Any]:
-    def application(environ: dict, start_response: Callable[..., Any]) -> Any:
+    def application(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
         environ["wsgi.file_wrapper"] = fastwrap.FileWrapper
         result = app(environ, start_response)
         # gunicorn's start_response is a method of the request's Response.
