@@ -46,6 +46,7 @@ def extensions():
         ["src/fastwrap/_fastwrap.pyx"],
         include_dirs=["src/fastwrap"],
         define_macros=[("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", "1")],
+        libraries=["ws2_32"] if sys.platform == "win32" else [],  # WSAPoll, send
     )
     return cythonize(
         [ext],

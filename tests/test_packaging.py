@@ -94,3 +94,19 @@ def test_wheel_builds_with_the_extension_and_passes_twine_check(tmp_path: Path) 
                for name in names), names
     assert "fastwrap/py.typed" in names and "fastwrap/_fastwrap.pyi" in names
     run([sys.executable, "-m", "twine", "check", "--strict", str(wheel)])
+
+
+@pytest.mark.parametrize("platform, expected", [
+    ("linux", [f"cp3{minor}-{libc}_{arch}" for minor in range(9, 14)
+               for libc in ("manylinux", "musllinux") for arch in ("x86_64", "aarch64")]),
+    ("macos", [f"cp3{minor}-macosx_{arch}" for minor in range(9, 14)
+               for arch in ("x86_64", "arm64")]),
+    ("windows", [f"cp3{minor}-win_amd64" for minor in range(9, 14)]),
+])
+def test_cibuildwheel_builds_every_platform_and_python(platform: str, expected: list) -> None:
+    pytest.importorskip("cibuildwheel", reason="cibuildwheel is in the project's test extra")
+    proc = run([sys.executable, "-m", "cibuildwheel", "--print-build-identifiers",
+                "--platform", platform], cwd=ROOT)
+    identifiers = set(proc.stdout.split())
+    assert set(expected) <= identifiers, sorted(set(expected) - identifiers)
+    assert not any("pp" in name or "i686" in name or "win32" in name for name in identifiers)

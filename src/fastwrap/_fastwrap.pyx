@@ -36,9 +36,9 @@ cdef extern from "_platform.h" nogil:
     int POLLOUT
     ctypedef struct fw_sigpipe_guard:
         int active
-    ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count)
-    ssize_t fw_splice(int in_fd, int out_fd, int64_t count, int more)
-    ssize_t fw_write(int fd, const char *buf, int64_t count, int is_socket, int more)
+    Py_ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count)
+    Py_ssize_t fw_splice(int in_fd, int out_fd, int64_t count, int more)
+    Py_ssize_t fw_write(int fd, const char *buf, int64_t count, int is_socket, int more)
     int fw_poll(int fd, int events, int timeout_ms)
     int fw_would_block(int err)
     int fw_pipe(int *fds)
@@ -434,7 +434,7 @@ cdef class Transmission:
 
     cdef int64_t _write(self, const char *buf, int64_t count, bint more) except -2:
         """One write to dest: bytes written, or -1 if it would block."""
-        cdef ssize_t n
+        cdef Py_ssize_t n
         cdef int err
         while True:
             with nogil:
@@ -511,7 +511,7 @@ cdef class Transmission:
     # -- the paths ---------------------------------------------------------------
 
     cdef int _sendfile(self) except -1:
-        cdef ssize_t n
+        cdef Py_ssize_t n
         cdef int err
         while not self.done:
             with nogil:
@@ -530,7 +530,7 @@ cdef class Transmission:
 
     cdef int _splice(self) except -1:
         cdef int64_t want, remaining
-        cdef ssize_t n
+        cdef Py_ssize_t n
         cdef int err, src_fd, dst_fd
         cdef bint refill
         plan = self._plan

@@ -13,10 +13,11 @@
 #include <string.h>
 #include <time.h>
 
+/* Included after Python.h, so Py_ssize_t (ssize_t's width everywhere)
+ * is the return type: Windows has no ssize_t of its own. */
 #ifdef _WIN32
 #  include <winsock2.h>
 #  include <io.h>
-typedef SSIZE_T ssize_t;
 #else
 #  include <fcntl.h>
 #  include <poll.h>
@@ -58,13 +59,13 @@ static int fw_would_block(int err)
 }
 
 /* sendfile(2) from in_fd at *offset; *offset advances by what was sent. */
-static ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count)
+static Py_ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count)
 {
     if (count > FW_MAX_CALL)
         count = FW_MAX_CALL;
 #if defined(__linux__)
     off_t off = (off_t)*offset;
-    ssize_t n = sendfile(out_fd, in_fd, &off, (size_t)count);
+    Py_ssize_t n = sendfile(out_fd, in_fd, &off, (size_t)count);
     if (n > 0)
         *offset += n;
     return n;
@@ -77,7 +78,7 @@ static ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count
     if (rc == -1)
         return -1;
     *offset += len;
-    return (ssize_t)len;
+    return (Py_ssize_t)len;
 #elif defined(__FreeBSD__) || defined(__DragonFly__)
     off_t sbytes = 0;
     int rc = sendfile(in_fd, out_fd, (off_t)*offset, (size_t)count, NULL, &sbytes, 0);
@@ -86,7 +87,7 @@ static ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count
     if (rc == -1)
         return -1;
     *offset += sbytes;
-    return (ssize_t)sbytes;
+    return (Py_ssize_t)sbytes;
 #else
     (void)out_fd; (void)in_fd; (void)offset;
     errno = ENOSYS;
@@ -95,7 +96,7 @@ static ssize_t fw_sendfile(int out_fd, int in_fd, int64_t *offset, int64_t count
 }
 
 /* splice(2) between two descriptors, one of which must be a pipe. */
-static ssize_t fw_splice(int in_fd, int out_fd, int64_t count, int more)
+static Py_ssize_t fw_splice(int in_fd, int out_fd, int64_t count, int more)
 {
 #if FW_HAVE_SPLICE
     if (count > FW_MAX_CALL)
@@ -110,7 +111,7 @@ static ssize_t fw_splice(int in_fd, int out_fd, int64_t count, int more)
 }
 
 /* send(2) on sockets (never raising SIGPIPE), write(2) on anything else. */
-static ssize_t fw_write(int fd, const char *buf, int64_t count, int is_socket, int more)
+static Py_ssize_t fw_write(int fd, const char *buf, int64_t count, int is_socket, int more)
 {
     if (count > FW_MAX_CALL)
         count = FW_MAX_CALL;
