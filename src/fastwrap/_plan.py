@@ -342,7 +342,7 @@ def _is_fd_file(obj: Any) -> bool:
                     getattr(cls, name, None) is not getattr(base, name, None)
                     for name in _FD_FILE_METHODS):
                 return False  # a subclass that may transform what it reads
-            return base is io.FileIO or type(obj.raw) is io.FileIO  # type: ignore[union-attr]
+            return base is io.FileIO or type(getattr(obj, "raw", None)) is io.FileIO
     return False
 
 

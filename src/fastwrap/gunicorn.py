@@ -93,10 +93,16 @@ def _serve_files_with_fastwrap(app: Callable[..., Any]) -> Callable[..., Any]:
         result = app(environ, start_response)
         # gunicorn's start_response is a method of the request's Response.
         resp: Any = getattr(start_response, "__self__", None)
-        response = serving.FileResponse.of(result)
-        if response is None or not _writes_raw_http1(resp) or resp.status is None:
+        if not _writes_raw_http1(resp) or resp.status is None:
             return result
-        return _FileBody(result, response, resp)
+        response = serving.FileResponse.of(result)
+        if response is not None:
+            return _FileBody(result, response, resp)
+        if not serving.body_allowed(environ.get("REQUEST_METHOD", "GET"), resp.status_code):
+            # The iterated route keeps the rules too: gunicorn before 27 sends
+            # a HEAD response's body.
+            return _NoBody(result)
+        return result
 
     return application
 
@@ -136,6 +142,21 @@ class _FileBody:
             serving.report_short(serving.Framing(True, None, None, promised), resp.sent,
                                   resp.req.path)
             resp.force_close()
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()
+
+
+class _NoBody:
+    """An empty body in place of *result*, which is still closed."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
         close = getattr(self.result, "close", None)
         if close is not None:
             close()
