@@ -288,7 +288,7 @@ def test_head_has_headers_and_no_body(server: Server, files, client) -> None:
 @for_apps("validated")
 def test_head_of_an_iterated_file_response_has_no_body(server: Server, files) -> None:
     """The validator hides the file wrapper, so the server falls back to iterating it;
-    the fallback keeps the rules (CLARIFICATIONS 2): no body for HEAD.  On a keep-alive
+    the fallback keeps the rules of the fast path: no body for HEAD.  On a keep-alive
     connection a HEAD body would be read as the next response."""
     head, rest = raw_exchange(server, raw_request("HEAD", e2e_apps.PREFIX + BIG))
     assert status_of(head) == 200

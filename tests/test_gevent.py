@@ -287,7 +287,7 @@ def test_keep_alive_after_file_responses(server):
         conn.close()
 
 
-# -- the iterated route keeps the same rules (CLARIFICATIONS 2) ---------------------------
+# -- the iterated route keeps the same rules as the fast path ---------------------------
 
 def test_iterated_response_is_byte_exact_and_not_counted_as_a_transmission(server):
     before = server_stats(server)

@@ -1,8 +1,9 @@
 """The rules every server integration follows when a WSGI result is a file.
 
 PEP 3333 leaves framing to the server, and servers get it wrong in
-different ways (see the project's notes on gunicorn, uWSGI, bjoern,
-waitress).  fastwrap's integrations (wsgiref, make_server, gunicorn,
+different ways (gunicorn starts at the raw descriptor offset and trusts
+Content-Length, uWSGI starts at byte 0, bjoern ignores Content-Length,
+waitress waits out a shrunk file).  fastwrap's integrations (wsgiref, make_server, gunicorn,
 gevent, asyncio) all ask this module, so each rule is written once:
 
 - the body starts at the file's logical position (``tell()``);
