@@ -561,16 +561,31 @@ class _MemoryReader:
         self._view.release()
 
 
-def wait_readable(obj: Any, timeout: Optional[float] = None) -> None:
+# How long to wait before asking again a source that has nothing to poll.
+BACKOFF = 0.001
+POLLIN = getattr(select, "POLLIN", 1)
+POLLOUT = getattr(select, "POLLOUT", 4)
+
+
+def ready(fd: int, events: int, timeout: Optional[float]) -> bool:
+    """Wait for *events* on *fd*; False if *timeout* seconds passed first."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, events)
+        return bool(poller.poll(None if timeout is None else max(int(timeout * 1000), 1)))
+    # Windows: select() takes sockets only, which is what a dest is there.
+    want_read = events & POLLIN
+    r, w, _ = select.select([fd] if want_read else [], [] if want_read else [fd], [], timeout)
+    return bool(r or w)
+
+
+def wait_readable(obj: Any) -> None:
     """Wait until a non-blocking source whose read() returned None has data."""
     try:
         fd = obj.fileno()
     except (AttributeError, OSError, ValueError):
         fd = -1
     if fd < 0 or not hasattr(select, "poll"):
-        time.sleep(0.001)  # nothing to poll: back off briefly rather than spin
+        time.sleep(BACKOFF)  # nothing to poll: back off briefly rather than spin
         return
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    if not poller.poll(None if timeout is None else int(timeout * 1000)):
-        raise TimeoutError(f"the source had no data for {timeout} s")
+    ready(fd, POLLIN, None)

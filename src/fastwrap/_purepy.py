@@ -8,11 +8,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import select
 import signal
 import socket
 import stat
-import sys
 import time
 from typing import Any, Optional, Union
 
@@ -23,7 +21,7 @@ except ImportError:  # Windows
 
 from . import _plan, _response
 from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE
-from ._plan import check_blksize, check_count, check_filelike, check_headers
+from ._plan import check_blksize, check_filelike, check_headers
 
 IMPLEMENTATION = "python"
 
@@ -52,10 +50,8 @@ _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0)
 _TCP_CORK = getattr(socket, "TCP_CORK", None)
 _CAN_MASK = hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGPIPE")
-_POLLIN = getattr(select, "POLLIN", 1)
-_POLLOUT = getattr(select, "POLLOUT", 4)
-# How long to wait before asking again a source that has nothing to poll.
-_BACKOFF = 0.001
+_POLLIN = _plan.POLLIN
+_POLLOUT = _plan.POLLOUT
 
 try:
     import ssl
@@ -332,7 +328,7 @@ class Transmission:
                 try:
                     n = os.splice(plan.src_fd, plan.dest.fd, want, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
-                    if not _ready(plan.src_fd, _POLLIN, 0):
+                    if not _plan.ready(plan.src_fd, _POLLIN, 0):
                         self._wait = (plan.src_fd, _POLLIN)  # the source is empty
                     raise
                 if n == 0:
@@ -416,9 +412,9 @@ class Transmission:
         fd, events = self._wait
         self._wait = (self._plan.dest.fd, _POLLOUT)
         if fd < 0:
-            time.sleep(_BACKOFF)
+            time.sleep(_plan.BACKOFF)
             return
-        if not _ready(fd, events, timeout):
+        if not _plan.ready(fd, events, timeout):
             raise TimeoutError(_plan.timeout_message(timeout, fd == self._plan.dest.fd))
 
 
@@ -443,18 +439,6 @@ def transmit_file(source: Any, dest: Any, count: Optional[int] = None,
                   headers: Any = b"") -> int:
     """Blocking transmission of *source* (a file, buffer or FileWrapper)."""
     return _run(Transmission(source, dest, count, headers))
-
-
-def _ready(fd: int, events: int, timeout: Optional[float]) -> bool:
-    """Wait for *events* on *fd*; False if *timeout* seconds passed first."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, events)
-        return bool(poller.poll(None if timeout is None else max(int(timeout * 1000), 1)))
-    # Windows: select() takes sockets only, which is what a dest is there.
-    want_read = events & _POLLIN
-    r, w, _ = select.select([fd] if want_read else [], [] if want_read else [fd], [], timeout)
-    return bool(r or w)
 
 
 def _unread(reader: Any, n: int) -> None:
