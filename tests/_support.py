@@ -37,6 +37,16 @@ def random_bytes(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
+def recv_until_eof(sock: socket.socket) -> bytes:
+    """Everything the peer sends on *sock* until it closes its side."""
+    received = bytearray()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return bytes(received)
+        received += chunk
+
+
 def open_fds() -> int:
     """How many descriptors this process has open (after collecting garbage)."""
     gc.collect()

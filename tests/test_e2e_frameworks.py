@@ -26,7 +26,7 @@ import pytest
 
 import e2e_apps
 from _servers import get_stats
-from _support import HANG, random_bytes
+from _support import HANG, random_bytes, recv_until_eof
 from e2e_launchers import (EXPECTED, KEEP_ALIVE, LAUNCHERS, UNAVAILABLE, UNSUPPORTED,
                             serving_root)
 
@@ -176,12 +176,7 @@ def raw_exchange(server: Server, request_head: str) -> Tuple[bytes, bytes]:
     into its header block and whatever followed it until the server closed."""
     with socket.create_connection((server.host, server.port), timeout=HANG) as sock:
         sock.sendall(request_head.encode("latin-1"))
-        received = bytearray()
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
+        received = bytearray(recv_until_eof(sock))
     head, sep, rest = bytes(received).partition(b"\r\n\r\n")
     assert sep, f"no complete header block in {bytes(received[:200])!r}"
     return head, rest

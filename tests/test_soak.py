@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from _support import recv_until_eof
+
 SECONDS = float(os.environ.get("FASTWRAP_SOAK_SECONDS", "5"))
 WARMUP = min(3.0, max(SECONDS / 4, 1.0))
 CLIENTS = 24
@@ -418,12 +420,7 @@ def test_a_file_truncated_during_a_transfer_ends_short(engine, tmp_path, zero_co
             time.sleep(0.001)
         time.sleep(0.05)
         os.truncate(path, 103797)
-        got = bytearray()
-        while True:
-            chunk = peer.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = bytearray(recv_until_eof(peer))
         sender.join(60)
     assert not sender.is_alive()
     assert bytes(got[:103797]) == data[:103797]

@@ -23,7 +23,7 @@ import pytest
 
 import fastwrap
 import fastwrap.wsgiref
-from _support import HANG, SRC, random_bytes
+from _support import HANG, SRC, random_bytes, recv_until_eof
 
 DATA = random_bytes(700_000 + 77, seed=40)
 SIZE = len(DATA)
@@ -419,12 +419,7 @@ class Served:
         with socket.create_connection(("127.0.0.1", self.port), timeout=HANG) as sock:
             sock.sendall(f"{method} {path} {version}\r\nHost: 127.0.0.1\r\n{extra}"
                          "Connection: close\r\n\r\n".encode())
-            received = bytearray()
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
+            received = bytearray(recv_until_eof(sock))
         status, headers, body = split_response(bytes(received))
         return status, headers, body, True
 
