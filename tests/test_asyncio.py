@@ -27,7 +27,7 @@ HEADERS = b"HTTP/1.1 200 OK\r\nX-Fastwrap: yes\r\n\r\n"
 
 
 def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    uvloop = pytest.importorskip("uvloop")
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is in the project's test extra")
     return uvloop.new_event_loop
 
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-pytest.importorskip("gevent")
+pytest.importorskip("gevent", reason="gevent is in the project's test extra")
 
 from _serve_gevent import HANG, ServerURL, serve_gevent  # noqa: E402
 from _support import random_bytes  # noqa: E402
@@ -458,7 +458,7 @@ def test_slow_client_does_not_stall_fast_ones(server):
 # -- frameworks ------------------------------------------------------------------------
 
 def test_flask_send_file_200_head_304_and_range(server):
-    pytest.importorskip("flask")
+    pytest.importorskip("flask", reason="flask is in the project's test extra")
     before = server_stats(server)
     conn = connect(server)
     try:
@@ -482,7 +482,7 @@ def test_flask_send_file_200_head_304_and_range(server):
 
 
 def test_whitenoise_is_byte_exact_through_sendfile(server):
-    pytest.importorskip("whitenoise")
+    pytest.importorskip("whitenoise", reason="whitenoise is in the project's test extra")
     before = server_stats(server)
     status, headers, body = get(server, "/static/small.bin")
     assert status == 200 and body == SMALL
@@ -497,7 +497,7 @@ def django_finished(server: ServerURL) -> int:
 
 
 def test_django_file_response_fires_request_finished_once(server):
-    pytest.importorskip("django")
+    pytest.importorskip("django", reason="django is in the project's test extra")
     start = django_finished(server)  # 'start' includes earlier probes
     before = server_stats(server)
     status, headers, body = get(server, "/django/small.bin")
@@ -509,7 +509,7 @@ def test_django_file_response_fires_request_finished_once(server):
 
 
 def test_django_request_finished_fires_once_when_client_disconnects(server):
-    pytest.importorskip("django")
+    pytest.importorskip("django", reason="django is in the project's test extra")
     start = django_finished(server)
     with socket.create_connection(("127.0.0.1", server.port), timeout=HANG) as sock:
         # Linger 0: close() resets the connection, as a client gone away does.
@@ -526,7 +526,7 @@ def test_django_request_finished_fires_once_when_client_disconnects(server):
 # -- TLS: the kernel must never write to a TLS socket ----------------------------------------
 
 def test_https_is_byte_exact_and_never_takes_sendfile(request, root, tmp_path):
-    trustme = pytest.importorskip("trustme")
+    trustme = pytest.importorskip("trustme", reason="trustme is in the project's test extra")
     import ssl
 
     ca = trustme.CA()

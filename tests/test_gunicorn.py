@@ -469,7 +469,7 @@ def _framework(app: str, worker: str, root: Path):
 
 @pytest.mark.parametrize("worker", WORKERS)
 def test_flask_send_file_200_head_304_and_a_zero_copy_206(e2e_root, worker):
-    pytest.importorskip("flask")
+    pytest.importorskip("flask", reason="flask is in the project's test extra")
     with _framework("flask", worker, e2e_root) as served:
         before = served.stats()
         head, body = served.fetch("/files/data.bin", "Range: bytes=1000-1999")
@@ -504,7 +504,7 @@ def _eventually(read: Any, want: int) -> int:
 
 @pytest.mark.parametrize("worker", WORKERS)
 def test_django_request_finished_fires_once_also_when_the_client_leaves(e2e_root, worker):
-    pytest.importorskip("django")
+    pytest.importorskip("django", reason="django is in the project's test extra")
     with _framework("django", worker, e2e_root) as served:
         def finished() -> int:
             return int(served.get("/__django_finished__")[1])
@@ -523,7 +523,7 @@ def test_django_request_finished_fires_once_also_when_the_client_leaves(e2e_root
 
 @pytest.mark.parametrize("worker", WORKERS)
 def test_whitenoise_is_served_by_sendfile(e2e_root, worker):
-    pytest.importorskip("whitenoise")
+    pytest.importorskip("whitenoise", reason="whitenoise is in the project's test extra")
     with _framework("whitenoise", worker, e2e_root) as served:
         before = served.stats()
         head, body = served.fetch("/files/data.bin")
