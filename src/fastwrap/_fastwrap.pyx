@@ -276,6 +276,14 @@ cdef class Transmission:
             raise BlockingIOError(_errno.EAGAIN, "no bytes could be sent now")
         return moved
 
+    def run(self):
+        """Drive the transmission to its end on a blocking *dest*; return body bytes sent.
+
+        Waits for the destination as long as its timeout allows, and closes
+        the transmission however it ends.
+        """
+        return self._run()
+
     def close(self):
         """Stop: leave the source just after the last byte sent, free the pipe."""
         self._close()

@@ -216,6 +216,14 @@ class Transmission:
                 guard.restore()
         return self._moved
 
+    def run(self) -> int:
+        """Drive the transmission to its end on a blocking *dest*; return body bytes sent.
+
+        Waits for the destination as long as its timeout allows, and closes
+        the transmission however it ends.
+        """
+        return _run(self)
+
     def close(self) -> None:
         """Stop: leave the source just after the last byte sent, free the pipe."""
         if self._pipe is not None:
@@ -438,7 +446,7 @@ def _run(tx: Transmission) -> int:
 def transmit_file(source: Any, dest: Any, count: Optional[int] = None,
                   headers: Any = b"") -> int:
     """Blocking transmission of *source* (a file, buffer or FileWrapper)."""
-    return _run(Transmission(source, dest, count, headers))
+    return Transmission(source, dest, count, headers).run()
 
 
 def _unread(reader: Any, n: int) -> None:

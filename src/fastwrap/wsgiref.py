@@ -125,7 +125,9 @@ def send_file_response(handler: Any, response: serving.FileResponse) -> bool:
                 sent += len(chunk)
         handler._flush()
     elif framing.body:
-        sent = fastwrap.transmit(dest, response.wrapper, framing.count, headers=head)
+        transmission = fastwrap.Transmission(response.wrapper, dest, framing.count, head)
+        handler.body_path = transmission.path
+        sent = transmission.run()
     else:
         sent = fastwrap.transmit(dest, (), headers=head)
     handler.bytes_sent = sent
@@ -176,6 +178,7 @@ class Handler(simple_server.ServerHandler):
     sendfile = _sendfile
     write = _write
     request_handler: Any
+    body_path = "-"  # the fastwrap path that carried a file body, for the access log
     environ: Any
     status: Any
     headers: Any
@@ -201,6 +204,7 @@ class Handler(simple_server.ServerHandler):
                                           int(self.status.split(None, 1)[0]))
                 and self.bytes_sent != promised):
             self.request_handler.close_connection = True
+        self.request_handler.body_path = self.body_path
         super().close()
 
 
@@ -210,6 +214,14 @@ class RequestHandler(simple_server.WSGIRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30  # an idle keep-alive connection gives its thread back after this
     handler_class = Handler
+    body_path = "-"
+    quiet = False
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        """One access-log line: the request, status, body bytes really sent, path taken."""
+        if not self.quiet:
+            self.log_message('"%s" %s %s %s', self.requestline, code, size, self.body_path)
+        self.body_path = "-"
 
     def handle(self) -> None:
         self.close_connection = True
@@ -234,6 +246,7 @@ class RequestHandler(simple_server.WSGIRequestHandler):
         if not self.parse_request():
             return
         environ = self.get_environ()
+        environ["REQUEST_URI"] = self.path  # the target as sent, before percent-decoding
         # A request body the application may not read in full would be
         # taken for the next request: such connections end after the response.
         if environ.get("CONTENT_LENGTH") not in (None, "", "0") or self.headers.get(
@@ -254,6 +267,8 @@ class Server(simple_server.WSGIServer):
                  threads: int = 16) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="fastwrap")

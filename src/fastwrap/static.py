@@ -1,0 +1,357 @@
+"""A WSGI application serving the files under one directory, the way users expect.
+
+``StaticFiles(root)`` answers GET and HEAD with Content-Type, Content-Length,
+Last-Modified and a strong ETag; ``If-None-Match`` and ``If-Modified-Since``
+with 304; one ``Range:`` with 206, an unsatisfiable one with 416 and several
+with a plain 200 of the whole file (RFC 9110 lets a server ignore Range);
+directories with their ``index.html`` or an HTML-escaped listing.
+
+Files leave as ``environ['wsgi.file_wrapper']``, so any server's fast path
+takes them.  A range is sent zero-copy from the file's position when the
+server is one of fastwrap's (its framing sends min(Content-Length, what the
+file holds from ``tell()``)); other servers iterate the whole wrapper, so
+there the range is read and yielded instead: slower, but exact everywhere.
+
+Nothing outside *root* is ever served.  The path is checked segment by
+segment (NUL, ``..``, separators smuggled into a segment, percent-encoded
+slashes in the raw request line), then resolved, and a file whose real path
+leaves *root* through a symbolic link is refused unless *follow_symlinks*.
+Hostile or malformed requests get 400, 403 or 404, never a traceback.
+"""
+from __future__ import annotations
+
+import email.utils
+import html
+import mimetypes
+import os
+import stat
+import sys
+import urllib.parse
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import fastwrap
+
+from ._paths import log
+
+__all__ = ["StaticFiles", "serve"]
+
+_Environ = dict[str, Any]
+_StartResponse = Callable[..., Any]
+
+_ALLOWED = "GET, HEAD"
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
+# Characters that separate path segments on this platform, besides "/".
+_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep and sep != "/")
+_ENCODED_SLASH = ("%2f", "%5c")
+_mimetypes = mimetypes.MimeTypes()
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class StaticFiles:
+    """WSGI application serving the files under *root*.
+
+    *follow_symlinks*: serve files reached through symbolic links that lead
+    out of *root* (links that stay inside it are always followed).
+    *listing*: list directories that have no ``index.html``.
+    """
+
+    def __init__(self, root: "str | os.PathLike[str]", *, follow_symlinks: bool = False,
+                 listing: bool = True) -> None:
+        self.root = os.path.realpath(os.fspath(root))
+        if not os.path.isdir(self.root):
+            raise NotADirectoryError(f"StaticFiles root is not a directory: {root!r}")
+        self.follow_symlinks = follow_symlinks
+        self.listing = listing
+
+    def __call__(self, environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            return _error(start_response, 405, [("Allow", _ALLOWED)])
+        try:
+            target = self._resolve(environ)
+            fd = os.open(target, _OPEN_FLAGS)
+        except _Refusal as refusal:
+            log.debug("refused %r: %s", environ.get("PATH_INFO"), refusal)
+            return _error(start_response, refusal.status)
+        except FileNotFoundError:
+            return _error(start_response, 404)
+        except (PermissionError, IsADirectoryError):
+            return _error(start_response, 403)
+        except (NotADirectoryError, OSError, ValueError):
+            return _error(start_response, 404)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return self._directory(environ, start_response, target, fd)
+            if not stat.S_ISREG(st.st_mode):
+                return _error(start_response, 403)  # a FIFO or device would block or never end
+            os.set_blocking(fd, True)
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            return _file_response(environ, start_response, f, st, target)
+        except BaseException:
+            f.close()
+            raise
+
+    # -- where a request leads ---------------------------------------------
+
+    def _resolve(self, environ: _Environ) -> str:
+        """The real path under root for the request, or a _Refusal saying why not."""
+        raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
+        if any(enc in raw.split("?", 1)[0].lower() for enc in _ENCODED_SLASH):
+            raise _Refusal(400, "a percent-encoded slash in the request path")
+        path = environ.get("PATH_INFO", "") or "/"
+        if not path.startswith("/"):
+            raise _Refusal(400, "the request path is not absolute")
+        try:
+            # PEP 3333: PATH_INFO carries the request's bytes as latin-1.
+            name = os.fsdecode(path.encode("latin-1"))
+        except (UnicodeError, ValueError):
+            raise _Refusal(400, "the request path is not bytes in latin-1") from None
+        if "\0" in name:
+            raise _Refusal(400, "a NUL byte in the request path")
+        segments = [segment for segment in name.split("/") if segment]
+        for segment in segments:
+            if segment in (".", ".."):
+                raise _Refusal(400, "a dot segment in the request path")
+            if any(sep in segment for sep in _SEPARATORS) or (
+                    sys.platform == "win32" and ":" in segment):
+                raise _Refusal(400, "a path separator or drive inside a segment")
+        joined = os.path.join(self.root, *segments)
+        real = os.path.realpath(joined)
+        if not self.follow_symlinks and real != self.root and not real.startswith(
+                self.root.rstrip(os.sep) + os.sep):
+            raise _Refusal(403, "a symbolic link leads out of the served directory")
+        return real
+
+    # -- directories --------------------------------------------------------
+
+    def _directory(self, environ: _Environ, start_response: _StartResponse, target: str,
+                   fd: int) -> Iterable[bytes]:
+        os.close(fd)
+        path = environ.get("PATH_INFO", "") or "/"
+        if not path.endswith("/"):
+            # Relative links in the page need the trailing slash.
+            location = urllib.parse.quote(path.encode("latin-1")) + "/"
+            query = environ.get("QUERY_STRING")
+            if query:
+                location += "?" + query
+            return _error(start_response, 301, [("Location", location)])
+        index = os.path.join(target, "index.html")
+        if os.path.isfile(index):
+            environ = dict(environ, PATH_INFO=path + "index.html", REQUEST_URI="")
+            return self(environ, start_response)
+        if not self.listing:
+            return _error(start_response, 403)
+        try:
+            names = sorted(os.listdir(target))
+        except OSError:
+            return _error(start_response, 403)
+        title = html.escape(os.fsdecode(path.encode("latin-1")), quote=False)
+        rows = []
+        for name in names:
+            shown = name + "/" if os.path.isdir(os.path.join(target, name)) else name
+            href = urllib.parse.quote(os.fsencode(shown))
+            rows.append(f'<li><a href="{html.escape(href)}">'
+                        f"{html.escape(shown, quote=False)}</a></li>")
+        page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+                f"<title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n"
+                "<ul>\n" + "\n".join(rows) + "\n</ul></body></html>\n")
+        body = page.encode("utf-8", "surrogateescape")
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                  ("Content-Length", str(len(body)))])
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+# -- files --------------------------------------------------------------------
+
+def _file_response(environ: _Environ, start_response: _StartResponse, f: Any,
+                   st: os.stat_result, target: str) -> Iterable[bytes]:
+    size = st.st_size
+    etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+    mtime = int(st.st_mtime)
+    headers = [
+        ("Content-Type", _content_type(target)),
+        ("Last-Modified", email.utils.formatdate(mtime, usegmt=True)),
+        ("ETag", etag),
+        ("Accept-Ranges", "bytes"),
+    ]
+    if _not_modified(environ, etag, mtime):
+        f.close()
+        start_response("304 Not Modified", headers[1:3])
+        return []
+    span = _range(environ, size, etag, mtime)
+    if span is None:
+        start, length, status = 0, size, "200 OK"
+    elif span == "unsatisfiable":
+        f.close()
+        return _error(start_response, 416, [("Content-Range", f"bytes */{size}")])
+    else:
+        start, length = span
+        status = "206 Partial Content"
+        headers.append(("Content-Range", f"bytes {start}-{start + length - 1}/{size}"))
+    headers.append(("Content-Length", str(length)))
+    start_response(status, headers)
+    if environ.get("REQUEST_METHOD") == "HEAD":
+        f.close()
+        return []
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if start == 0 and length == size and file_wrapper is not None:
+        return file_wrapper(f)  # type: ignore[no-any-return]
+    f.seek(start)
+    if file_wrapper is fastwrap.FileWrapper:
+        # fastwrap's servers send min(Content-Length, what remains) from tell().
+        return fastwrap.FileWrapper(f)
+    return _RangeBody(f, length)
+
+
+def _content_type(target: str) -> str:
+    kind, encoding = _mimetypes.guess_type(target, strict=False)
+    if kind is None or encoding is not None:
+        # A .gz file is bytes to the client, not text it should decode.
+        return "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
+        return kind + "; charset=utf-8"
+    return kind
+
+
+def _not_modified(environ: _Environ, etag: str, mtime: int) -> bool:
+    """RFC 9110 13.2.2: If-None-Match wins; If-Modified-Since only without it."""
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None:
+        if if_none_match.strip() == "*":
+            return True
+        # Weak comparison, as 13.1.2 asks for GET and HEAD.
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return etag in tags
+    since = _http_date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+    return since is not None and mtime <= since
+
+
+def _http_date(value: Optional[str]) -> Optional[int]:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return int(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _range(environ: _Environ, size: int, etag: str, mtime: int) -> Any:
+    """(start, length) of a single satisfiable range, "unsatisfiable", or None (send all).
+
+    Several ranges get the whole file: one sendfile beats a multipart body
+    the client must take apart, and it cannot be abused to amplify a
+    response with overlapping ranges.
+    """
+    header = environ.get("HTTP_RANGE")
+    if not header or environ.get("REQUEST_METHOD") != "GET":
+        return None
+    if_range = environ.get("HTTP_IF_RANGE")
+    if if_range is not None:
+        if_range = if_range.strip()
+        if if_range.startswith('"') or if_range.startswith("W/"):
+            if if_range != etag:  # strong comparison (RFC 9110 13.1.5)
+                return None
+        elif _http_date(if_range) != mtime:
+            return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return None  # a unit we do not know: ignore the header
+    specs = [part.strip() for part in spec.split(",") if part.strip()]
+    if not specs:
+        return None
+    spans = []
+    for part in specs:
+        first, dash, last = part.partition("-")
+        first, last = first.strip(), last.strip()
+        if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+            return None  # malformed: RFC 9110 14.2 says ignore it
+        if first == "":
+            if last == "":
+                return None
+            suffix = int(last)
+            if suffix == 0:
+                continue
+            spans.append((max(size - suffix, 0), min(suffix, size)))
+        else:
+            start = int(first)
+            end = int(last) if last else size - 1
+            if end < start:
+                return None
+            if start >= size:
+                continue
+            spans.append((start, min(end, size - 1) - start + 1))
+    if not spans:
+        return "unsatisfiable"
+    if len(specs) > 1:
+        return None
+    return spans[0]
+
+
+class _RangeBody:
+    """A range of a file, read and yielded, for servers without fastwrap's framing."""
+
+    def __init__(self, f: Any, length: int) -> None:
+        self._file = f
+        self._remaining = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self._remaining > 0:
+            chunk = self._file.read(min(self._remaining, 1 << 18))
+            if not chunk:
+                return
+            self._remaining -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_REASONS = {301: "Moved Permanently", 400: "Bad Request", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 416: "Range Not Satisfiable",
+            500: "Internal Server Error"}
+
+
+def _error(start_response: _StartResponse, status: int,
+           extra: Optional[list[tuple[str, str]]] = None) -> list[bytes]:
+    reason = _REASONS[status]
+    body = f"{status} {reason}\n".encode("ascii")
+    start_response(f"{status} {reason}", [("Content-Type", "text/plain; charset=utf-8"),
+                                          ("Content-Length", str(len(body)))] + (extra or []))
+    return [body]
+
+
+def serve(root: "str | os.PathLike[str]" = ".", bind: str = "127.0.0.1", port: int = 8000,
+          threads: int = 16, *, follow_symlinks: bool = False, quiet: bool = False) -> None:
+    """Serve *root* on fastwrap's threaded server until interrupted (``fastwrap serve``)."""
+    from . import wsgiref
+
+    app = StaticFiles(root, follow_symlinks=follow_symlinks)
+    handler = type("RequestHandler", (wsgiref.RequestHandler,), {"quiet": quiet})
+    server = wsgiref.make_server(bind, port, app, threads=threads, handler=handler)
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Serving {app.root} at http://{shown}:{port}/ (fastwrap {fastwrap.__version__}, "
+          f"{fastwrap.IMPLEMENTATION} engine, {threads} threads)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("Interrupted: stopping.", file=sys.stderr)
+    finally:
+        server.server_close()
