@@ -2,7 +2,11 @@
 """The compiled engine: FileWrapper and Transmission with their loops in C.
 
 Every decision (path, start, length, fallback) comes from fastwrap._plan,
-shared with the pure-Python twin; this module moves bytes.  The GIL is
+shared with the pure-Python twin; this module moves bytes.  The one
+exception is the commonest case, a plain file to a plain socket, which is
+recognised here in C (``_adopt_plain_file``) because building a plan in
+Python costs more than the sendfile(2) of a small file; the shared suite
+holds it to the plan's answers.  The GIL is
 released around every call that can block, EINTR is retried after checking
 for Python signals, and EAGAIN is waited out with poll() for at most the
 socket's timeout.
@@ -14,13 +18,14 @@ from libc.errno cimport EINTR, errno
 from libc.stdint cimport int64_t
 
 import errno as _errno
+import io as _io
 import mmap as _mmap
 import os as _os
 import socket as _socket
 import stat as _stat
 
 from fastwrap import _plan, _response
-from fastwrap._paths import MMAP, READ, READINTO, SENDFILE, SPLICE
+from fastwrap._paths import MMAP, READ, READINTO, SENDFILE, SPLICE, _disabled, log as _log
 
 try:
     from ssl import SSLWantReadError as _SSLWantRead, SSLWantWriteError as _SSLWantWrite
@@ -46,6 +51,7 @@ cdef extern from "_platform.h" nogil:
     void fw_push(int fd)
     void fw_sigpipe_block(fw_sigpipe_guard *g)
     void fw_sigpipe_restore(fw_sigpipe_guard *g)
+    int fw_regular_size(int fd, int64_t *size)
 
 IMPLEMENTATION = "cython"
 
@@ -65,6 +71,10 @@ cdef enum:
 
 _PATH_CODES = {SENDFILE: P_SENDFILE, SPLICE: P_SPLICE, MMAP: P_MMAP,
                READINTO: P_READINTO, READ: P_READ}
+_PATH_NAMES = (SENDFILE, SPLICE, MMAP, READINTO, READ)  # in P_* order
+_FileIO = _io.FileIO
+_BufferedReader = _io.BufferedReader
+_Socket = _socket.socket
 
 
 def select_path(source, dest):
@@ -223,6 +233,13 @@ cdef class Transmission:
     cdef int64_t _moved
     cdef int _wait_fd
     cdef int _wait_events
+    cdef bint _has_sock         # dest is a socket object: its timeout applies
+    cdef object _timeout
+    # Set by _adopt_plain_file, which builds no plan: what finishing needs,
+    # and what a plan built late (to fall back) is built from.
+    cdef object _keeper
+    cdef int64_t _start
+    cdef object _args
 
     def __cinit__(self):
         self._pipe[0] = -1
@@ -232,21 +249,90 @@ cdef class Transmission:
         self.done = True  # until __init__ has a plan
 
     def __init__(self, source, dest, count=None, headers=b""):
-        plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
-        self._prefix = _plan.check_headers(headers)
-        self._prefix_more = False
         self.sent = 0
         self.done = False
-        self._adopt(plan)
+        if not self._adopt_plain_file(source, dest, count):
+            self._adopt(_plan.Plan(source, dest, count, SUPPORTED_PATHS))
+        self._prefix = headers if type(headers) is bytes else _plan.check_headers(headers)
+        self._prefix_more = False
         if self._length == 0 and not self._prefix:
             self._finish()
 
     def __dealloc__(self):
         self._release()
 
+    cdef bint _adopt_plain_file(self, source, dest, count) except -1:
+        """Take the sendfile path for a plain file and a plain socket without a plan.
+
+        Recognises exactly what _plan.Plan would send by sendfile from its
+        ``tell()`` (a FileIO, or a BufferedReader over one, read-only and
+        regular with a size, alone or in a FileWrapper, to a socket.socket)
+        and answers False for anything else, the plan then deciding.  Debug
+        logging, which the plan does, also leaves the choice to the plan.
+        """
+        cdef int64_t size
+        cdef int src_fd, dest_fd
+        if not FW_HAVE_SENDFILE or SENDFILE in _disabled or _log.isEnabledFor(10):
+            return False
+        if count is not None and (type(count) is not int or count < 0):
+            return False  # the plan raises the error
+        if type(dest) is not _Socket:
+            return False
+        cls = type(source)
+        if cls is FileWrapper:
+            if (<FileWrapper>source)._closed or (<FileWrapper>source)._is_memory:
+                return False
+            obj = (<FileWrapper>source).filelike
+        elif cls is _FileIO or cls is _BufferedReader:
+            obj = source
+        elif _plan._is_wsgiref_wrapper(source):
+            obj = source.filelike
+        else:
+            return False
+        cls = type(obj)
+        if not (cls is _FileIO or (cls is _BufferedReader and type(obj.raw) is _FileIO)):
+            return False
+        if obj.closed or not obj.readable() or obj.writable():
+            return False  # closed: the plan raises; writable: it flushes first
+        dest_fd = dest.fileno()
+        src_fd = obj.fileno()
+        if dest_fd < 0 or fw_regular_size(src_fd, &size) != 1 or size <= 0:
+            return False
+        start = obj.tell()
+        length = max(size - start, 0)
+        if count is not None:
+            length = min(length, count)
+        self._plan = None
+        self._args = (source, dest, count)
+        self._keeper = obj
+        self._start = start
+        self._path = P_SENDFILE
+        self._dest_fd = dest_fd
+        self._src_fd = src_fd
+        self._is_socket = True
+        self._tls = False
+        self._src_is_pipe = False
+        self._length = length
+        self._offset = start
+        self._wait_fd = dest_fd
+        self._wait_events = POLLOUT
+        self._has_sock = True
+        self._timeout = dest.gettimeout()
+        return True
+
+    cdef object _full_plan(self):
+        if self._plan is None:
+            source, dest, count = self._args
+            self._plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
+            self._keeper = None
+        return self._plan
+
     cdef _adopt(self, plan):
         self._release_memory()
         self._plan = plan
+        self._keeper = None
+        self._has_sock = plan.dest.sock is not None
+        self._timeout = plan.dest.timeout
         self._path = _PATH_CODES[plan.path]
         self._dest_fd = plan.dest.fd
         self._src_fd = plan.src_fd
@@ -264,7 +350,7 @@ cdef class Transmission:
     @property
     def path(self):
         """The path carrying the body: sendfile, splice, mmap, readinto or read."""
-        return self._plan.path
+        return _PATH_NAMES[self._path]
 
     def send(self):
         """Do one non-blocking step; return the bytes (headers included) it sent.
@@ -301,10 +387,10 @@ cdef class Transmission:
         cdef int timeout_ms = -1
         cdef int rc, err
         try:
-            dest = self._plan.dest
-            _plan.check_blocking(dest)
-            if dest.timeout is not None:
-                timeout_ms = <int>min(max(dest.timeout * 1000.0, 1.0), 2147483647.0)
+            timeout = self._timeout
+            _plan.check_timeout(self._has_sock, timeout)
+            if timeout is not None:
+                timeout_ms = <int>min(max(timeout * 1000.0, 1.0), 2147483647.0)
             while not self.done:
                 self._step()
                 if self.done or not self._blocked:
@@ -316,7 +402,7 @@ cdef class Transmission:
                     err = errno
                 if rc == 0 and self._wait_fd >= 0:
                     raise TimeoutError(_plan.timeout_message(
-                        dest.timeout, self._wait_fd == self._dest_fd))
+                        timeout, self._wait_fd == self._dest_fd))
                 if rc < 0:
                     if err != EINTR:
                         _raise_errno(err)
@@ -347,7 +433,7 @@ cdef class Transmission:
                     self._would_block(self._dest_fd, POLLOUT)
                     break
                 except OSError as exc:
-                    successor = self._plan.fallback(exc, self.sent)
+                    successor = self._full_plan().fallback(exc, self.sent)
                     if successor is None:
                         raise
                     self._take_back_pipe()
@@ -436,7 +522,11 @@ cdef class Transmission:
             self._pending = None
             if unsent is not None and self._path in (P_READ, P_READINTO):
                 _unread(self._plan.reader, len(unsent) - self._pend_off)
-            self._plan.finish(self.sent)
+            if self._plan is None:
+                keeper, self._keeper = self._keeper, None
+                _plan.finished(SENDFILE, self.sent, keeper, self._start)
+            else:
+                self._plan.finish(self.sent)
 
     # -- writing -------------------------------------------------------------
 

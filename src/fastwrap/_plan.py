@@ -232,7 +232,11 @@ class Dest:
 
 def check_blocking(dest: Dest) -> None:
     """A blocking transmit needs a destination it may wait on."""
-    if dest.sock is not None and dest.timeout == 0:
+    check_timeout(dest.sock is not None, dest.timeout)
+
+
+def check_timeout(is_socket_object: bool, timeout: Optional[float]) -> None:
+    if is_socket_object and timeout == 0:
         raise ValueError(
             "dest is a non-blocking socket (timeout 0): use fastwrap.Transmission "
             "and wait for writability, or give the socket a timeout")
@@ -511,10 +515,8 @@ class Plan:
     def finish(self, sent: int) -> None:
         """Leave the source just after the last byte sent; let go of memory."""
         self.release()
-        _stats.record(self.path, sent)
-        if self.keeper is not None:
-            self.keeper.seek(self.start + sent)
-            self.keeper = None
+        keeper, self.keeper = self.keeper, None
+        finished(self.path, sent, keeper, self.start)
 
     def release(self) -> None:
         if self.memory is not None:
@@ -522,6 +524,13 @@ class Plan:
             self.memory = None
         if isinstance(self.reader, _MemoryReader):
             self.reader.release()  # lets the application resize or close its mmap
+
+
+def finished(path: str, sent: int, keeper: Any, start: int) -> None:
+    """A transmission ended: count it, and leave *keeper* just after the last byte sent."""
+    _stats.record(path, sent)
+    if keeper is not None:
+        keeper.seek(start + sent)
 
 
 def byte_view(obj: Any) -> memoryview:

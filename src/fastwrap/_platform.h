@@ -18,9 +18,11 @@
 #ifdef _WIN32
 #  include <winsock2.h>
 #  include <io.h>
+#  include <sys/stat.h>
 #else
 #  include <fcntl.h>
 #  include <poll.h>
+#  include <sys/stat.h>
 #  include <signal.h>
 #  include <sys/socket.h>
 #  include <sys/types.h>
@@ -233,6 +235,27 @@ static void fw_sigpipe_restore(fw_sigpipe_guard *g)
 #else
     (void)g;
 #endif
+}
+
+/* The size of fd if it is a regular file: 1 and *size set; 0 if it is not
+ * a regular file; -1 with errno set if fstat failed. */
+static int fw_regular_size(int fd, int64_t *size)
+{
+#ifdef _WIN32
+    struct _stat64 st;
+    if (_fstat64(fd, &st) != 0)
+        return -1;
+    if ((st.st_mode & _S_IFMT) != _S_IFREG)
+        return 0;
+#else
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -1;
+    if (!S_ISREG(st.st_mode))
+        return 0;
+#endif
+    *size = (int64_t)st.st_size;
+    return 1;
 }
 
 #endif /* FASTWRAP_PLATFORM_H */

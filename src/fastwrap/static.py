@@ -21,11 +21,13 @@ Hostile or malformed requests get 400, 403 or 404, never a traceback.
 from __future__ import annotations
 
 import email.utils
+import functools
 import html
 import mimetypes
 import os
 import stat
 import sys
+import time
 import urllib.parse
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -39,8 +41,10 @@ _Environ = dict[str, Any]
 _StartResponse = Callable[..., Any]
 
 _ALLOWED = "GET, HEAD"
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-               | getattr(os, "O_BINARY", 0))
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_PATH = (getattr(os, "O_PATH", 0) | getattr(os, "O_CLOEXEC", 0)
+           if sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd") else 0)
 # Characters that separate path segments on this platform, besides "/".
 _SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep and sep != "/")
 _ENCODED_SLASH = ("%2f", "%5c")
@@ -74,8 +78,7 @@ class StaticFiles:
         if method not in ("GET", "HEAD"):
             return _error(start_response, 405, [("Allow", _ALLOWED)])
         try:
-            target = self._resolve(environ)
-            fd = os.open(target, _OPEN_FLAGS)
+            target, fd = self._open(environ)
         except _Refusal as refusal:
             log.debug("refused %r: %s", environ.get("PATH_INFO"), refusal)
             return _error(start_response, refusal.status)
@@ -88,10 +91,11 @@ class StaticFiles:
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                return self._directory(environ, start_response, target, fd)
+                os.close(fd)
+                return self._directory(environ, start_response, target)
             if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
                 return _error(start_response, 403)  # a FIFO or device would block or never end
-            os.set_blocking(fd, True)
             f = os.fdopen(fd, "rb")
         except BaseException:
             os.close(fd)
@@ -126,18 +130,41 @@ class StaticFiles:
             if any(sep in segment for sep in _SEPARATORS) or (
                     sys.platform == "win32" and ":" in segment):
                 raise _Refusal(400, "a path separator or drive inside a segment")
-        joined = os.path.join(self.root, *segments)
+        return os.path.join(self.root, *segments)
+
+    def _open(self, environ: _Environ) -> tuple[str, int]:
+        """The real path of what the request names, and a descriptor open on it."""
+        joined = self._resolve(environ)
+        if _O_PATH:
+            # Linux: resolve once, check where the descriptor really leads,
+            # and reopen that very inode, so nothing can be swapped between
+            # the check and the open (and a device is never opened outside).
+            handle = os.open(joined, _O_PATH)
+            try:
+                real = os.readlink(f"/proc/self/fd/{handle}")
+                self._check_inside(real)
+                mode = os.fstat(handle).st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    raise _Refusal(403, "not a regular file")  # a FIFO would block the open
+                return real, os.open(f"/proc/self/fd/{handle}", _OPEN_FLAGS)
+            finally:
+                os.close(handle)
         real = os.path.realpath(joined)
+        self._check_inside(real)
+        fd = os.open(real, _OPEN_FLAGS | _O_NONBLOCK)  # a FIFO must not block the open
+        if _O_NONBLOCK:
+            os.set_blocking(fd, True)
+        return real, fd
+
+    def _check_inside(self, real: str) -> None:
         if not self.follow_symlinks and real != self.root and not real.startswith(
                 self.root.rstrip(os.sep) + os.sep):
             raise _Refusal(403, "a symbolic link leads out of the served directory")
-        return real
 
     # -- directories --------------------------------------------------------
 
-    def _directory(self, environ: _Environ, start_response: _StartResponse, target: str,
-                   fd: int) -> Iterable[bytes]:
-        os.close(fd)
+    def _directory(self, environ: _Environ, start_response: _StartResponse,
+                   target: str) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         if not path.endswith("/"):
             # Relative links in the page need the trailing slash.
@@ -181,7 +208,7 @@ def _file_response(environ: _Environ, start_response: _StartResponse, f: Any,
     mtime = int(st.st_mtime)
     headers = [
         ("Content-Type", _content_type(target)),
-        ("Last-Modified", email.utils.formatdate(mtime, usegmt=True)),
+        ("Last-Modified", _http_date_of(mtime)),
         ("ETag", etag),
         ("Accept-Ranges", "bytes"),
     ]
@@ -215,13 +242,31 @@ def _file_response(environ: _Environ, start_response: _StartResponse, f: Any,
 
 
 def _content_type(target: str) -> str:
-    kind, encoding = _mimetypes.guess_type(target, strict=False)
+    name = os.path.basename(target)
+    first = name.find(".", 1)  # a leading dot names a hidden file, not a type
+    return _type_of_suffixes(name[first:] if first > 0 else "")
+
+
+@functools.lru_cache(maxsize=512)
+def _type_of_suffixes(suffixes: str) -> str:
+    kind, encoding = _mimetypes.guess_type("file" + suffixes, strict=False)
     if kind is None or encoding is not None:
         # A .gz file is bytes to the client, not text it should decode.
         return "application/octet-stream"
     if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
         return kind + "; charset=utf-8"
     return kind
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _http_date_of(seconds: int) -> str:
+    """RFC 9110's IMF-fixdate, as email.utils.formatdate(usegmt=True) gives, but cheaper."""
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def _not_modified(environ: _Environ, etag: str, mtime: int) -> bool:
@@ -345,7 +390,7 @@ def serve(root: "str | os.PathLike[str]" = ".", bind: str = "127.0.0.1", port: i
     app = StaticFiles(root, follow_symlinks=follow_symlinks)
     handler = type("RequestHandler", (wsgiref.RequestHandler,), {"quiet": quiet})
     server = wsgiref.make_server(bind, port, app, threads=threads, handler=handler)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     shown = f"[{host}]" if ":" in host else host
     print(f"Serving {app.root} at http://{shown}:{port}/ (fastwrap {fastwrap.__version__}, "
           f"{fastwrap.IMPLEMENTATION} engine, {threads} threads)", file=sys.stderr, flush=True)

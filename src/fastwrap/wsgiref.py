@@ -22,7 +22,7 @@ from wsgiref import handlers, simple_server
 
 import fastwrap
 
-from . import serving
+from . import _request, serving
 
 __all__ = ["Handler", "RequestHandler", "Server", "install", "installed",
            "make_server", "send_file_response", "uninstall"]
@@ -216,6 +216,49 @@ class RequestHandler(simple_server.WSGIRequestHandler):
     handler_class = Handler
     body_path = "-"
     quiet = False
+
+    def parse_request(self) -> bool:
+        """``http.server``'s checks of the request line, with a lean header reader.
+
+        Sets command, path, request_version, headers and close_connection;
+        on failure the error response is sent and False returned.
+        """
+        self.command = None  # type: ignore[assignment]
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        self.requestline = requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = requestline.split()
+        if len(words) != 3:
+            # No HTTP/0.9: a server this fast should not answer without headers.
+            if words:
+                self.send_error(400, f"Bad request syntax ({requestline!r})")
+            return False
+        command, path, version = words
+        major, dot, minor = version[5:].partition(".")
+        if (not version.startswith("HTTP/") or not dot or not major.isdigit()
+                or not minor.isdigit() or len(major) > 10 or len(minor) > 10):
+            self.send_error(400, f"Bad request version ({version!r})")
+            return False
+        number = (int(major), int(minor))
+        if number >= (2, 0):
+            self.send_error(505, f"Invalid HTTP version ({version[5:]})")
+            return False
+        self.command, self.path, self.request_version = command, path, version
+        if path.startswith("//"):
+            # As http.server does (gh-87389): "//host" would read as an authority.
+            self.path = "/" + path.lstrip("/")
+        try:
+            self.headers = _request.read_headers(self.rfile)  # type: ignore[assignment]
+        except _request.BadRequest as exc:
+            self.send_error(exc.status, str(exc))
+            return False
+        connection = self.headers.get("Connection", "").lower()
+        self.close_connection = not (
+            connection == "keep-alive" or (number >= (1, 1) and connection != "close"))
+        if (self.headers.get("Expect", "").lower() == "100-continue"
+                and number >= (1, 1)):
+            return self.handle_expect_100()
+        return True
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         """One access-log line: the request, status, body bytes really sent, path taken."""

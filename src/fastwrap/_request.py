@@ -1,0 +1,96 @@
+"""Reading an HTTP/1.x request head without the email package.
+
+``http.server`` parses request headers with ``email.feedparser``, which is
+built for MIME documents and costs more per request than sending a small
+file.  A request head is simpler: a request line, then ``name: value``
+lines up to an empty one.  This reads exactly that, and refuses what
+RFC 9112 says a server must refuse instead of guessing.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+MAX_LINE = 65536
+MAX_HEADERS = 100
+
+
+class BadRequest(Exception):
+    """The head cannot be read: answer *status* and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Headers:
+    """Request header fields in the order received, looked up without regard to case.
+
+    Offers the part of ``email.message.Message`` that wsgiref and
+    ``http.server`` use: ``get``, ``[]``, ``in``, ``items``, ``get_all`` and
+    ``get_content_type``.
+    """
+
+    __slots__ = ("_fields", "_first")
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self._fields = fields
+        self._first: dict[str, str] = {}
+        for name, value in fields:
+            self._first.setdefault(name.lower(), value)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._first.get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> Optional[str]:
+        return self._first.get(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._fields)
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        key = name.lower()
+        values = [value for field, value in self._fields if field.lower() == key]
+        return values or failobj
+
+    def get_content_type(self) -> str:
+        value = self.get("content-type")
+        if not value:
+            return "text/plain"
+        kind = value.split(";", 1)[0].strip().lower()
+        return kind if kind.count("/") == 1 else "text/plain"
+
+    def __str__(self) -> str:
+        return "".join(f"{name}: {value}\r\n" for name, value in self._fields) + "\r\n"
+
+
+def read_headers(rfile: Any) -> Headers:
+    """The header fields from *rfile*, up to and including the empty line.
+
+    Raises BadRequest (431 for too many or too long fields, 400 for a
+    field with no colon, whitespace before the colon, or an obsolete line
+    folding, which RFC 9112 5.2 lets a server reject).
+    """
+    fields: list[tuple[str, str]] = []
+    while True:
+        line = rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise BadRequest(431, "a header line is too long")
+        if line in (b"\r\n", b"\n", b""):
+            return Headers(fields)
+        if len(fields) >= MAX_HEADERS:
+            raise BadRequest(431, f"more than {MAX_HEADERS} header fields")
+        if line[:1] in (b" ", b"\t"):
+            raise BadRequest(400, "obsolete line folding in the request head")
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.rstrip() or b" " in name or b"\t" in name:
+            raise BadRequest(400, f"a malformed header line: {line[:80]!r}")
+        fields.append((name.decode("latin-1"), value.strip().decode("latin-1")))
