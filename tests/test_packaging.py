@@ -7,6 +7,8 @@ pure-Python engine and say so in one line.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -64,6 +66,49 @@ def test_sdist_installs_the_compiled_engine_with_a_compiler(sdist: Path, tmp_pat
     python = fresh_venv(tmp_path / "venv")
     run([str(python), "-m", "pip", "install", "-q", str(sdist)])
     assert implementation(python) == "cython"
+    _readme_run_command_serves(python.parent, tmp_path)
+
+
+def _readme_commands() -> tuple[str, list[str]]:
+    """The README's install-and-run command, and the curl lines that follow it."""
+    lines = [line.strip() for line in (ROOT / "README.rst").read_text().splitlines()]
+    run_line = next(line for line in lines if line.startswith("python3 -m venv")
+                    and "fastwrap serve" in line)
+    curls = [line for line in lines if line.startswith("curl ")][:3]
+    return run_line, curls
+
+
+def _readme_run_command_serves(bin_dir: Path, tmp_path: Path) -> None:
+    """The README's `fastwrap serve .`, as installed, answers its three curl lines."""
+    run_line, curls = _readme_commands()
+    assert run_line.endswith(".venv/bin/fastwrap serve ."), run_line
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed: the README's curl lines cannot be run")
+    served = tmp_path / "served"
+    served.mkdir()
+    body = os.urandom(5000)
+    (served / "README.rst").write_bytes(body)
+    server = subprocess.Popen([str(bin_dir / "fastwrap"), "serve", ".", "--port", "0"],
+                              cwd=served, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = server.stderr.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", banner).group(1))
+        outputs = []
+        for line in curls:
+            line = line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            outputs.append(subprocess.run(
+                line, shell=True, cwd=tmp_path, stdout=subprocess.PIPE, timeout=60,
+                check=True).stdout)
+        assert (tmp_path / "README.rst").read_bytes() == body        # curl -O
+        assert outputs[1] == body[:100]                              # curl -r 0-99
+        assert outputs[2].startswith(b"HTTP/1.1 304 Not Modified")  # If-None-Match
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[1]
+    assert '"GET /README.rst HTTP/1.1" 200 5000 sendfile' in log, log
+    assert '"GET /README.rst HTTP/1.1" 206 100 sendfile' in log, log
+    assert "Traceback" not in log, log
 
 
 def test_sdist_installs_pure_python_without_a_compiler(sdist: Path, tmp_path: Path) -> None:
