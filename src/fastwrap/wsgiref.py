@@ -195,6 +195,10 @@ class Handler(simple_server.ServerHandler):
             self.request_handler.close_connection = True
         if self.request_handler.close_connection:
             self.headers["Connection"] = "close"
+        elif self.request_handler.request_version == "HTTP/1.0":
+            # An HTTP/1.0 client kept alive on request must be told so, or
+            # it waits for the end of the body at the connection's close.
+            self.headers["Connection"] = "keep-alive"
 
     def close(self) -> None:
         promised = serving.parse_content_length(
