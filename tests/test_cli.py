@@ -1,12 +1,21 @@
 """python -m fastwrap info: the engine and the paths it can take."""
 from __future__ import annotations
 
+import platform
+import sys
+
 from _support import run_python
 
 import fastwrap
 
 INFO = "import sys, runpy; sys.argv = ['fastwrap', *sys.argv[1:]]; " \
        "runpy.run_module('fastwrap', run_name='__main__')"
+
+
+#: What `info` says of each engine when the suite selects it (the pure one by
+#: FASTWRAP_NO_EXTENSIONS, as _env does).
+ENGINE_NOTES = {"cython": "cython (the compiled extension)",
+                "python": "python (FASTWRAP_NO_EXTENSIONS is set)"}
 
 
 def _env(engine, **extra):
@@ -46,10 +55,34 @@ def test_python_dash_m_fastwrap_info_runs(engine):
     proc = run_python("import subprocess, sys; sys.exit(subprocess.call("
                       "[sys.executable, '-m', 'fastwrap', 'info']))", env=_env(engine))
     assert proc.returncode == 0, proc.stderr
-    assert f"implementation: {engine.IMPLEMENTATION}" in proc.stdout
+    assert f"implementation: {ENGINE_NOTES[engine.IMPLEMENTATION]}" in proc.stdout
 
 
 def test_no_command_is_a_usage_error(engine):
     proc = run_python(INFO, env=_env(engine))
     assert proc.returncode == 2
     assert "usage" in proc.stderr.lower()
+
+
+def test_info_names_version_python_platform_and_kernel(engine):
+    proc = run_python(INFO, env=_env(engine), args=["info"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:6] == [
+        f"fastwrap {fastwrap.__version__}",
+        f"implementation: {ENGINE_NOTES[engine.IMPLEMENTATION]}",
+        f"python: {platform.python_implementation()} {platform.python_version()}",
+        f"platform: {sys.platform} {platform.machine()}",
+        f"kernel: {platform.system()} {platform.release()}",
+        "paths:",
+    ]
+
+
+def test_info_says_sendfile_is_unavailable_because_of_fastwrap_disable(engine):
+    proc = run_python(INFO, env=_env(engine, FASTWRAP_DISABLE="sendfile"), args=["info"])
+    assert proc.returncode == 0, proc.stderr
+    states = _paths_section(proc.stdout)
+    assert states["sendfile"] == "unavailable: disabled by FASTWRAP_DISABLE"
+    others = [path for path in fastwrap.PATHS if path != "sendfile"]
+    assert {path: states[path] == "available" for path in others} == {
+        path: path in engine.SUPPORTED_PATHS for path in others}

@@ -214,7 +214,8 @@ def _file_response(environ: _Environ, start_response: _StartResponse, f: Any,
     ]
     if _not_modified(environ, etag, mtime):
         f.close()
-        start_response("304 Not Modified", headers[1:3])
+        # RFC 9110 8.6: a 304 may carry Content-Length, but only the 200's.
+        start_response("304 Not Modified", headers[1:3] + [("Content-Length", str(size))])
         return []
     span = _range(environ, size, etag, mtime)
     if span is None:
@@ -324,29 +325,40 @@ def _range(environ: _Environ, size: int, etag: str, mtime: int) -> Any:
     spans = []
     for part in specs:
         first, dash, last = part.partition("-")
-        first, last = first.strip(), last.strip()
-        if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
-            return None  # malformed: RFC 9110 14.2 says ignore it
-        if first == "":
-            if last == "":
-                return None
-            suffix = int(last)
-            if suffix == 0:
-                continue
-            spans.append((max(size - suffix, 0), min(suffix, size)))
-        else:
-            start = int(first)
-            end = int(last) if last else size - 1
-            if end < start:
-                return None
-            if start >= size:
-                continue
-            spans.append((start, min(end, size - 1) - start + 1))
+        start, end = _position(first.strip()), _position(last.strip())
+        if not dash or start is None or end is None or (start == end == -1):
+            return None  # malformed: RFC 9110 14.2 says ignore the header
+        if start == -1:  # a suffix: the last *end* bytes
+            if end > 0 and size > 0:
+                spans.append((max(size - end, 0), min(end, size)))
+            continue
+        if end != -1 and end < start:
+            return None
+        if start >= size:
+            continue  # this range is unsatisfiable
+        last_byte = size - 1 if end == -1 else min(end, size - 1)
+        spans.append((start, last_byte - start + 1))
     if not spans:
         return "unsatisfiable"
     if len(specs) > 1:
         return None
     return spans[0]
+
+
+_BEYOND_ANY_FILE = 1 << 63
+
+
+def _position(text: str) -> Optional[int]:
+    """A byte position from a Range header: -1 when empty, None when not ASCII digits.
+
+    More than 19 digits is further than any file reaches, and is not handed to
+    int(), which refuses over 4300 digits.
+    """
+    if not text:
+        return -1
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 19 else _BEYOND_ANY_FILE
 
 
 class _RangeBody:

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import socket
 import socketserver
+import threading
 from typing import Any, Callable, Iterator, Optional
 from wsgiref import handlers, simple_server
 
@@ -127,7 +128,11 @@ def send_file_response(handler: Any, response: serving.FileResponse) -> bool:
     elif framing.body:
         transmission = fastwrap.Transmission(response.wrapper, dest, framing.count, head)
         handler.body_path = transmission.path
-        sent = transmission.run()
+        try:
+            sent = transmission.run()
+        finally:
+            handler.bytes_sent = transmission.sent  # what the access log reports, also if cut
+
     else:
         sent = fastwrap.transmit(dest, (), headers=head)
     handler.bytes_sent = sent
@@ -183,6 +188,29 @@ class Handler(simple_server.ServerHandler):
     status: Any
     headers: Any
     bytes_sent: int
+    headers_sent: bool
+
+    def finish_response(self) -> None:
+        try:
+            super().finish_response()
+        except (ConnectionAbortedError, BrokenPipeError, ConnectionResetError):
+            # BaseHandler.run drops a response the client walked away from
+            # without logging it: log the bytes that did leave.
+            request_handler = self.request_handler
+            request_handler.close_connection = True
+            request_handler.body_path = self.body_path
+            status = self.status.split(None, 1)[0] if self.status else "-"
+            request_handler.log_request(status, self.bytes_sent)
+            raise
+
+    def finish_content(self) -> None:
+        # wsgiref adds "Content-Length: 0" to a response without one; for a
+        # 304 or 204, and in answer to HEAD, that would misstate the resource.
+        if not self.headers_sent and not serving.body_allowed(
+                self.environ.get("REQUEST_METHOD", "GET"), int(self.status.split(None, 1)[0])):
+            self.send_headers()
+        else:
+            super().finish_content()
 
     def cleanup_headers(self) -> None:
         super().cleanup_headers()
@@ -228,7 +256,8 @@ class RequestHandler(simple_server.WSGIRequestHandler):
         on failure the error response is sent and False returned.
         """
         self.command = None  # type: ignore[assignment]
-        self.request_version = version = self.default_request_version
+        # Not http.server's "HTTP/0.9", with which send_error writes no status line.
+        self.request_version = version = "HTTP/1.1"
         self.close_connection = True
         self.requestline = requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = requestline.split()
@@ -316,23 +345,40 @@ class Server(simple_server.WSGIServer):
             raise ValueError(f"threads must be at least 1, got {threads}")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
+        # Before binding: socketserver calls server_close() when binding fails.
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="fastwrap")
+        self._connections: set[Any] = set()
+        self._lock = threading.Lock()
+        super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self._pool.submit(self._serve, request, client_address)
 
     def _serve(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self._connections.add(request)
         try:
             self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
         finally:
+            with self._lock:
+                self._connections.discard(request)
             self.shutdown_request(request)
 
     def server_close(self) -> None:
+        """Stop listening and end every open connection, idle keep-alive ones included.
+
+        A worker waiting for a client's next request would otherwise hold the
+        process (the pool's threads are joined at exit) until the client left.
+        """
         super().server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         self._pool.shutdown(wait=False)
 
 

@@ -1,0 +1,360 @@
+"""`python -m fastwrap serve`: the command, its access log, its errors, and curl against it.
+
+Each engine gets its own server process (FASTWRAP_NO_EXTENSIONS=1 for the
+pure one), started with --port 0 on 127.0.0.1 in a temporary directory; the
+"Serving ..." line says which engine runs, and the tests check it is the one
+asked for.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import fastwrap
+from _static_support import SERVING, ServeProcess, request, run_cli, unique
+from _support import LINUX, random_bytes
+
+FOUR = random_bytes(4096, seed=14)
+BIG = random_bytes(3 * (1 << 20) + 5, seed=15)
+HUGE_SIZE = 256 << 20  # sparse: costs no disk, outlasts every socket buffer
+
+needs_sendfile = pytest.mark.skipif(not LINUX, reason="the sendfile path is Linux's")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("serve") / "www"
+    path.mkdir()
+    (path / "four.bin").write_bytes(FOUR)
+    (path / "big.bin").write_bytes(BIG)
+    (path / "empty.bin").write_bytes(b"")
+    (path / "hello.txt").write_bytes(b"hello\n")
+    (path / "sub").mkdir()
+    with open(path / "huge.bin", "wb") as f:
+        f.truncate(HUGE_SIZE)
+    yield path
+    (path / "huge.bin").unlink()
+
+
+@pytest.fixture(scope="module")
+def served(engine: Any, root: Path) -> Iterator[ServeProcess]:
+    server = ServeProcess(engine, root)
+    yield server
+    server.stop()
+
+
+def _no_traceback(lines: list) -> None:
+    assert not [line for line in lines if "Traceback" in line], "\n".join(lines)
+
+
+# -- the serving line ------------------------------------------------------------------------
+
+def test_serving_line_names_the_root_address_version_engine_and_threads(served, engine, root):
+    match = SERVING.match(served.serving)
+    assert match is not None, served.serving
+    assert match["root"] == os.path.realpath(root)
+    assert match["host"] == "127.0.0.1"
+    assert match["version"] == fastwrap.__version__
+    assert match["engine"] == engine.IMPLEMENTATION
+    assert match["threads"] == "16"
+    # --port 0 picked a real, free port, and the server listens there.
+    assert served.port > 0
+    response, body = served.get("/four.bin")
+    assert (response.status, body) == (200, FOUR)
+
+
+def test_directory_defaults_to_the_current_one(engine, root):
+    server = ServeProcess(engine, None, cwd=root)
+    try:
+        assert server.match["root"] == os.path.realpath(root)
+        response, body = server.get("/hello.txt")
+        assert (response.status, body) == (200, b"hello\n")
+    finally:
+        server.stop()
+
+
+def test_quiet_logs_no_requests_and_threads_is_reported(engine, root):
+    server = ServeProcess(engine, root, "--quiet", "--threads", "3")
+    try:
+        assert server.match["threads"] == "3"
+        for target in ("/four.bin", "/missing", "/sub"):
+            server.get(target)
+        response, body = server.get("/big.bin")
+        assert (response.status, body) == (200, BIG)
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0
+    assert server.lines == [server.serving, "Interrupted: stopping."]
+
+
+def test_bind_to_ipv6_loopback(engine, root):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server = ServeProcess(engine, root, bind="::1")
+    try:
+        assert f"at http://[::1]:{server.port}/ " in server.serving
+        response, body = server.get("/four.bin")
+        assert (response.status, body) == (200, FOUR)
+    finally:
+        server.stop()
+
+
+# -- the access log --------------------------------------------------------------------------
+
+def _logged(served: ServeProcess, target: str, headers: Any = None, method: str = "GET"):
+    """Make the request; return (response, body, its parsed access-log line)."""
+    mark = served.mark()
+    tag = unique()
+    target = f"{target}{'&' if '?' in target else '?'}{tag}"
+    response, body = served.get(target, headers, method=method)
+    line = served.access_line(tag, start=mark)
+    assert line["client"] == "127.0.0.1"
+    assert line["request"] == f"{method} {target} HTTP/1.1"
+    # One line per request: by the time a later request is logged, no second one came.
+    probe = unique()
+    served.get(f"/hello.txt?{probe}")
+    served.access_line(probe, start=mark)
+    assert len([entry for entry in served.since(mark) if tag in entry]) == 1, served.since(mark)
+    return response, body, line
+
+
+@needs_sendfile
+@pytest.mark.parametrize("name, data", [("four.bin", FOUR), ("big.bin", BIG)])
+def test_access_log_names_status_bytes_sent_and_sendfile_for_a_file(served, name, data):
+    response, body, line = _logged(served, "/" + name)
+    assert (response.status, body) == (200, data)
+    assert (line["status"], line["size"], line["path"]) == ("200", str(len(data)), "sendfile")
+
+
+@needs_sendfile
+@pytest.mark.parametrize("spec, first, last", [
+    ("bytes=10-19", 10, 19), ("bytes=-5", len(BIG) - 5, len(BIG) - 1),
+    ("bytes=1000000-", 1000000, len(BIG) - 1)])
+def test_access_log_of_a_range_counts_the_range_and_sendfile(served, spec, first, last):
+    response, body, line = _logged(served, "/big.bin", {"Range": spec})
+    assert (response.status, body) == (206, BIG[first:last + 1])
+    assert (line["status"], line["size"], line["path"]) == ("206", str(last - first + 1),
+                                                            "sendfile")
+
+
+def test_access_log_of_a_304_shows_no_bytes_and_no_path(served):
+    etag = served.get("/four.bin")[0].getheader("ETag")
+    response, body, line = _logged(served, "/four.bin", {"If-None-Match": etag})
+    assert (response.status, body) == (304, b"")
+    assert (line["status"], line["size"], line["path"]) == ("304", "0", "-")
+
+
+def test_access_log_of_head_shows_no_bytes_and_no_path(served):
+    response, body, line = _logged(served, "/big.bin", method="HEAD")
+    assert (response.status, body) == (200, b"")
+    assert response.getheader("Content-Length") == str(len(BIG))
+    assert (line["status"], line["size"], line["path"]) == ("200", "0", "-")
+
+
+@pytest.mark.parametrize("target, status", [("/missing.bin", 404), ("/sub", 301), ("/sub/", 200),
+                                            ("/../x", 400)])
+def test_access_log_of_a_generated_body_counts_it_without_a_path(served, target, status):
+    response, body, line = _logged(served, target)
+    assert response.status == status
+    assert (line["status"], line["size"], line["path"]) == (str(status), str(len(body)), "-")
+
+
+def test_access_log_counts_what_was_sent_when_the_client_goes_away(served):
+    mark = served.mark()
+    tag = unique()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect((served.host, served.port))
+        sock.sendall(request("GET", f"/huge.bin?{tag}"))
+        received = 0
+        while received < 100_000:
+            chunk = sock.recv(65536)
+            assert chunk
+            received += len(chunk)
+        # Reset, not a polite close: the server's next write fails at once.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The server notices at its next write: well within seconds.
+    line = served.access_line(tag, start=mark, timeout=5)
+    assert line["status"] == "200"
+    assert 0 < int(line["size"]) < HUGE_SIZE
+    response, body = served.get("/four.bin")  # and it goes on serving
+    assert (response.status, body) == (200, FOUR)
+    _no_traceback(served.since(mark))
+
+
+def test_parallel_downloads_are_each_byte_exact(served):
+    def fetch(i: int) -> bytes:
+        response, body = served.get(f"/big.bin?parallel={i}")
+        assert response.status == 200
+        return body
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(fetch, range(12)))
+    assert all(body == BIG for body in bodies)
+
+
+# -- stopping --------------------------------------------------------------------------------
+
+def test_interrupt_stops_the_server_cleanly(engine, root):
+    server = ServeProcess(engine, root, "--quiet")
+    assert server.get("/hello.txt")[1] == b"hello\n"
+    server.interrupt()
+    assert server.proc.wait(10) == 0
+    server.stop()
+    assert server.lines[-1] == "Interrupted: stopping."
+    _no_traceback(server.lines)
+
+
+def test_interrupt_stops_promptly_with_an_idle_keep_alive_connection_open(engine, root):
+    server = ServeProcess(engine, root, "--quiet")
+    try:
+        with socket.create_connection((server.host, server.port), timeout=10) as idle:
+            idle.sendall(request("GET", "/hello.txt", close=False))
+            assert idle.recv(65536).endswith(b"hello\n")
+            # The connection stays open and idle, as a browser's does.
+            server.interrupt()
+            started = time.monotonic()
+            try:
+                code = server.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
+            assert code == 0, (f"still running {time.monotonic() - started:.1f} s after "
+                               "Ctrl-C, while a keep-alive connection was idle")
+    finally:
+        server.stop()
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fastwrap serve: "), lines[0]
+    return lines[0]
+
+
+def test_missing_directory_is_a_one_line_error(engine, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    proc = run_cli(engine, "serve", str(missing), "--port", "0")
+    assert proc.returncode == 1
+    assert str(missing) in _one_line_error(proc)
+
+
+def test_file_instead_of_a_directory_is_a_one_line_error(engine, tmp_path):
+    path = tmp_path / "file.txt"
+    path.write_bytes(b"x")
+    proc = run_cli(engine, "serve", str(path), "--port", "0")
+    assert proc.returncode == 1
+    assert str(path) in _one_line_error(proc)
+
+
+def test_port_in_use_is_a_one_line_error(engine, root):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = run_cli(engine, "serve", str(root), "--port", str(port))
+    assert proc.returncode == 1
+    assert "in use" in _one_line_error(proc).lower()
+
+
+def test_address_not_on_this_host_is_a_one_line_error(engine, root):
+    proc = run_cli(engine, "serve", str(root), "--bind", "192.0.2.1", "--port", "0")
+    assert proc.returncode == 1
+    _one_line_error(proc)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--port", "70000"], ["port", "70000"]),
+    (["--port", "-1"], ["port"]),
+    (["--port", "http"], ["port", "http"]),
+    (["--threads", "0"], ["threads", "0"]),
+    (["--threads", "-4"], ["threads", "-4"]),
+    (["--threads", "many"], ["threads", "many"]),
+])
+def test_bad_option_value_is_a_usage_error(engine, root, args, words):
+    proc = run_cli(engine, "serve", str(root), *args, timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error:" in last, proc.stderr
+    for word in words:
+        assert word in last, (word, last)
+
+
+# -- curl ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def curl() -> str:
+    path = shutil.which("curl")
+    if path is None:
+        pytest.skip("curl is not installed")
+    return path
+
+
+def _curl(curl: str, url: str, tmp_path: Path, *options: str) -> tuple:
+    """(status, headers text, body) of one curl request."""
+    out, head = tmp_path / unique("body-"), tmp_path / unique("head-")
+    proc = subprocess.run([curl, "-sS", "--max-time", "20", "-o", str(out), "-D", str(head),
+                           "-w", "%{http_code}", *options, url],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    body = out.read_bytes() if out.exists() else b""
+    return int(proc.stdout), head.read_text("latin-1"), body
+
+
+def _header(head: str, name: str) -> str:
+    found = re.findall(rf"^{name}: (.*?)\r?$", head, re.IGNORECASE | re.MULTILINE)
+    assert len(found) == 1, (name, head)
+    return found[0]
+
+
+def test_curl_fetches_a_file(served, curl, tmp_path):
+    status, head, body = _curl(curl, f"http://127.0.0.1:{served.port}/big.bin", tmp_path)
+    assert (status, body) == (200, BIG)
+    assert _header(head, "Content-Length") == str(len(BIG))
+
+
+def test_curl_fetches_a_range(served, curl, tmp_path):
+    status, head, body = _curl(curl, f"http://127.0.0.1:{served.port}/big.bin", tmp_path,
+                               "-r", "1048576-1048675")
+    assert (status, body) == (206, BIG[1048576:1048676])
+    assert _header(head, "Content-Range") == f"bytes 1048576-1048675/{len(BIG)}"
+
+
+def test_curl_gets_304_for_its_etag_and_its_date(served, curl, tmp_path):
+    url = f"http://127.0.0.1:{served.port}/four.bin"
+    status, head, _ = _curl(curl, url, tmp_path)
+    etag, modified = _header(head, "ETag"), _header(head, "Last-Modified")
+    status, head, body = _curl(curl, url, tmp_path, "-H", f"If-None-Match: {etag}")
+    assert (status, body) == (304, b"")
+    assert _header(head, "ETag") == etag
+    status, head, body = _curl(curl, url, tmp_path, "-z", modified)
+    assert (status, body) == (304, b"")
+    # The README's line: HEAD with the ETag.
+    status, head, _ = _curl(curl, url, tmp_path, "-I", "-H", f"If-None-Match: {etag}")
+    assert status == 304
+    assert _header(head, "ETag") == etag
+
+
+def test_curl_resumes_a_download(served, curl, tmp_path):
+    out = tmp_path / "partial.bin"
+    out.write_bytes(BIG[:777_777])
+    proc = subprocess.run([curl, "-sS", "--max-time", "20", "-C", "-", "-o", str(out),
+                           f"http://127.0.0.1:{served.port}/big.bin"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == BIG
