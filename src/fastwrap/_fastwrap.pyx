@@ -25,6 +25,7 @@ import socket as _socket
 import stat as _stat
 
 from fastwrap import _plan, _response
+from fastwrap._stats import record as _stats_record
 from fastwrap._paths import MMAP, READ, READINTO, SENDFILE, SPLICE, _disabled, log as _log
 
 try:
@@ -52,6 +53,9 @@ cdef extern from "_platform.h" nogil:
     void fw_sigpipe_block(fw_sigpipe_guard *g)
     void fw_sigpipe_restore(fw_sigpipe_guard *g)
     int fw_regular_size(int fd, int64_t *size)
+    int64_t fw_lseek(int fd, int64_t offset, int whence)
+    int SEEK_CUR
+    int SEEK_SET
 
 IMPLEMENTATION = "cython"
 
@@ -298,7 +302,11 @@ cdef class Transmission:
         src_fd = obj.fileno()
         if dest_fd < 0 or fw_regular_size(src_fd, &size) != 1 or size <= 0:
             return False
-        start = obj.tell()
+        # A FileIO's position is its descriptor's (it buffers nothing): read
+        # it here, without the GIL handoff FileIO.tell() would cost.
+        start = fw_lseek(src_fd, 0, SEEK_CUR) if cls is _FileIO else obj.tell()
+        if start < 0:
+            _raise_errno(errno)
         length = max(size - start, 0)
         if count is not None:
             length = min(length, count)
@@ -524,7 +532,13 @@ cdef class Transmission:
                 _unread(self._plan.reader, len(unsent) - self._pend_off)
             if self._plan is None:
                 keeper, self._keeper = self._keeper, None
-                _plan.finished(SENDFILE, self.sent, keeper, self._start)
+                if type(keeper) is _FileIO and not keeper.closed:
+                    # What _plan.finished does, with the seek in C (see above).
+                    if fw_lseek(self._src_fd, self._start + self.sent, SEEK_SET) < 0:
+                        _raise_errno(errno)
+                    _stats_record(SENDFILE, self.sent)
+                else:
+                    _plan.finished(SENDFILE, self.sent, keeper, self._start)
             else:
                 self._plan.finish(self.sent)
 

@@ -258,4 +258,14 @@ static int fw_regular_size(int fd, int64_t *size)
     return 1;
 }
 
+/* lseek with 64-bit offsets everywhere. */
+static int64_t fw_lseek(int fd, int64_t offset, int whence)
+{
+#ifdef _WIN32
+    return (int64_t)_lseeki64(fd, offset, whence);
+#else
+    return (int64_t)lseek(fd, (off_t)offset, whence);
+#endif
+}
+
 #endif /* FASTWRAP_PLATFORM_H */

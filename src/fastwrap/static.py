@@ -78,7 +78,7 @@ class StaticFiles:
         if method not in ("GET", "HEAD"):
             return _error(start_response, 405, [("Allow", _ALLOWED)])
         try:
-            target, fd = self._open(environ)
+            target, fd, st = self._open(environ)
         except _Refusal as refusal:
             log.debug("refused %r: %s", environ.get("PATH_INFO"), refusal)
             return _error(start_response, refusal.status)
@@ -89,14 +89,15 @@ class StaticFiles:
         except (NotADirectoryError, OSError, ValueError):
             return _error(start_response, 404)
         try:
-            st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 os.close(fd)
                 return self._directory(environ, start_response, target)
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
                 return _error(start_response, 403)  # a FIFO or device would block or never end
-            f = os.fdopen(fd, "rb")
+            # Unbuffered: the body leaves by the kernel or in large reads, so a
+            # buffer would only cost the syscalls that set it up.
+            f = open(fd, "rb", buffering=0)
         except BaseException:
             os.close(fd)
             raise
@@ -132,8 +133,8 @@ class StaticFiles:
                 raise _Refusal(400, "a path separator or drive inside a segment")
         return os.path.join(self.root, *segments)
 
-    def _open(self, environ: _Environ) -> tuple[str, int]:
-        """The real path of what the request names, and a descriptor open on it."""
+    def _open(self, environ: _Environ) -> tuple[str, int, os.stat_result]:
+        """The real path of what the request names, a descriptor open on it, its stat."""
         joined = self._resolve(environ)
         if _O_PATH:
             # Linux: resolve once, check where the descriptor really leads,
@@ -143,18 +144,22 @@ class StaticFiles:
             try:
                 real = os.readlink(f"/proc/self/fd/{handle}")
                 self._check_inside(real)
-                mode = os.fstat(handle).st_mode
-                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                st = os.fstat(handle)
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                     raise _Refusal(403, "not a regular file")  # a FIFO would block the open
-                return real, os.open(f"/proc/self/fd/{handle}", _OPEN_FLAGS)
+                return real, os.open(f"/proc/self/fd/{handle}", _OPEN_FLAGS), st
             finally:
                 os.close(handle)
         real = os.path.realpath(joined)
         self._check_inside(real)
         fd = os.open(real, _OPEN_FLAGS | _O_NONBLOCK)  # a FIFO must not block the open
-        if _O_NONBLOCK:
-            os.set_blocking(fd, True)
-        return real, fd
+        try:
+            if _O_NONBLOCK:
+                os.set_blocking(fd, True)
+            return real, fd, os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _check_inside(self, real: str) -> None:
         if not self.follow_symlinks and real != self.root and not real.startswith(
