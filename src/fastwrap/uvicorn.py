@@ -1,0 +1,640 @@
+"""fastwrap in uvicorn: file bodies leave zero-copy, through the ASGI file extensions.
+
+Name one of the protocol classes where uvicorn takes an HTTP implementation::
+
+    uvicorn app:app --http fastwrap.uvicorn:HttpToolsProtocol     # or :H11Protocol
+    uvicorn.run("app:app", http="fastwrap.uvicorn:HttpToolsProtocol")
+    gunicorn -k fastwrap.uvicorn.UvicornWorker app:app
+
+Each class is uvicorn's own protocol for that parser, unchanged but for the
+request-response cycle it creates.  That cycle advertises, in
+``scope["extensions"]``, the two ASGI extensions that let an application hand
+the server a file instead of its bytes:
+
+``http.response.pathsend``
+    ``{"type": "http.response.pathsend", "path": "/absolute/path"}``, sent
+    once after ``http.response.start``; the response is complete after it.
+    Starlette's and FastAPI's ``FileResponse`` send it whenever a server
+    advertises it, so their users need to change nothing.
+
+``http.response.zerocopysend``
+    ``{"type": "http.response.zerocopysend", "file": f, "offset": o,
+    "count": n, "more_body": b}``: *file* is an open binary file or a
+    descriptor (which stays the application's to close); without *offset*
+    the bytes start at the file's position and leave it after the last byte
+    sent, as ``sendfile(2)`` without an offset pointer does; with *offset* the
+    position is left where it was.  Any number of these may be mixed with
+    ``http.response.body`` messages.
+
+On a plain HTTP/1.1 connection the bytes go through fastwrap's engine
+(``sendfile(2)`` for a regular file) straight onto the connection's socket:
+
+- the response head uvicorn rendered is held back for the current turn of
+  the event loop, so when the file message follows at once (as Starlette's
+  does) head and body leave together; otherwise the head is written as
+  uvicorn would have written it, one loop turn later, byte for byte the same;
+- whatever the transport still buffers (an earlier body message, a previous
+  response on the connection) is flushed first;
+- the socket is written through a duplicate of its descriptor (the event
+  loop refuses to watch a descriptor that a transport owns) and, whenever the
+  client's window is full, the cycle waits for writability on the running
+  loop (asyncio's or uvloop's), so a slow client only holds its own request;
+  meanwhile the connection's reading is paused, so nothing else writes to the
+  transport while fastwrap owns the socket;
+- framing is uvicorn's: with a Content-Length the body is exactly
+  min(Content-Length, what the file holds) bytes, and a file that comes up
+  short is logged and the connection closed; without one, uvicorn has already
+  chosen chunked transfer-coding at ``http.response.start`` (the application
+  may send anything after it), so the file leaves as one chunk, its size
+  taken from the file when the message arrives;
+- HEAD, 1xx, 204 and 304 responses get no body, and keep-alive goes on after
+  a file response exactly as after any other;
+- a client that goes away mid-file ends the transfer, the connection is
+  closed, ``receive()`` answers ``http.disconnect`` and ``send()`` returns
+  quietly, as uvicorn does for any send after a disconnect.
+
+On TLS the kernel cannot see the plaintext, so there is no zero-copy; the
+extensions are still advertised, because the bytes can still leave through
+a path that works on TLS: the file is read in 256 KiB pieces and each piece
+goes through uvicorn's own ``http.response.body`` handling and the TLS
+transport, with uvicorn's flow control.  HTTP/1.0 requests do not get the
+extensions.  Which was chosen is said once per worker process on uvicorn's
+error logger, at debug level (``--log-level debug``).
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib
+import io
+import logging
+import os
+import socket
+import stat
+import types
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
+
+import fastwrap
+from uvicorn.protocols.http import h11_impl
+
+try:
+    from uvicorn.protocols.http import httptools_impl
+except ImportError:  # httptools is optional in uvicorn
+    httptools_impl = None  # type: ignore[assignment]
+
+import h11
+
+__all__ = ["H11Protocol", "HttpToolsProtocol", "UvicornWorker"]
+
+PATHSEND = "http.response.pathsend"
+ZEROCOPYSEND = "http.response.zerocopysend"
+_FILE_MESSAGES = (PATHSEND, ZEROCOPYSEND)
+
+#: The piece a file is read in where it cannot leave zero-copy (TLS, or a
+#: pipe of unknown length in a chunked response).
+COPY_CHUNK = 256 * 1024
+
+# How a cycle sends file messages.
+_ZERO_COPY = "zero-copy"
+_COPY = "copy"
+
+_announced: Set[str] = set()
+
+
+# -- which path a connection gets -------------------------------------------------------
+
+def _choose_path(transport: asyncio.BaseTransport, scope: Dict[str, Any],
+                 logger: logging.Logger) -> Optional[str]:
+    """_ZERO_COPY, _COPY, or None when the extensions are not advertised."""
+    if scope.get("http_version") != "1.1":
+        return None
+    # uvloop reports the raw socket under a TLS transport too: ask about TLS first.
+    if transport.get_extra_info("sslcontext") is not None:
+        _announce(logger, _COPY, "TLS connection: %s and %s advertised; file bodies are read "
+                  "and written through the TLS transport (the kernel cannot send to TLS)")
+        return _COPY
+    sock = transport.get_extra_info("socket")
+    if sock is None or getattr(sock, "type", None) != socket.SOCK_STREAM:
+        return None
+    _announce(logger, _ZERO_COPY, "plain HTTP/1.1 connection: %s and %s advertised; "
+              "file bodies leave through fastwrap's engine, zero-copy, on the socket")
+    return _ZERO_COPY
+
+
+def _announce(logger: logging.Logger, path: str, message: str) -> None:
+    """Say once per process which path file bodies take (not once per request)."""
+    if path not in _announced:
+        _announced.add(path)
+        logger.debug("fastwrap: " + message, PATHSEND, ZEROCOPYSEND)
+
+
+# -- the transport the cycle writes to ----------------------------------------------------
+
+class _HeadHolder(asyncio.Transport):
+    """The connection's transport, able to hold the response head back briefly.
+
+    uvicorn writes the head as soon as the application sends
+    ``http.response.start``.  While :meth:`capture` is on, that write is
+    kept here instead, so that it can leave with the file that follows; any
+    other use of the transport writes it out first, so the byte stream is
+    always exactly uvicorn's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self.real = transport
+        self.capturing = False
+        self.held = b""
+
+    def take(self) -> bytes:
+        """The held head, now the caller's to send."""
+        held, self.held = self.held, b""
+        return held
+
+    def flush(self) -> None:
+        held = self.take()
+        # A connection closed meanwhile (the client left) takes nothing more;
+        # uvloop would even raise for a write on a closed handle.
+        if held and not self.real.is_closing():
+            self.real.write(held)
+
+    def write(self, data: Any) -> None:
+        if self.capturing:
+            self.held += bytes(data)
+            return
+        self.flush()
+        self.real.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.real.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self.real.close()
+
+    def abort(self) -> None:
+        self.held = b""
+        self.real.abort()
+
+    def can_write_eof(self) -> bool:
+        return self.real.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self.real.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.real.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.real.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.real.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self.real.is_reading()
+
+    def pause_reading(self) -> None:
+        self.real.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.real.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self.real.get_write_buffer_size() + len(self.held)
+
+    def get_write_buffer_limits(self) -> Tuple[int, int]:
+        return self.real.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: Optional[int] = None,
+                                low: Optional[int] = None) -> None:
+        self.real.set_write_buffer_limits(high, low)
+
+
+# -- what a file message names ------------------------------------------------------------
+
+class _Source:
+    """The file of one message: where it starts, how much it holds, how to let go."""
+
+    def __init__(self, message: Dict[str, Any]) -> None:
+        self._restore: Optional[int] = None
+        self._owned = False
+        if message["type"] == PATHSEND:
+            path = message.get("path")
+            # Path Send: "the string representation of the absolute file path".
+            if not isinstance(path, str) or not os.path.isabs(path):
+                raise RuntimeError(f"{PATHSEND} needs an absolute path as a str, got {path!r}")
+            self.file: Any = open(path, "rb", buffering=0)
+            self._owned = True
+            self.count: Optional[int] = None
+            self.final = True
+        else:
+            self.file = self._open_zerocopy(message)
+            self.count = _optional_int(message, "count")
+            self.final = not message.get("more_body", False)
+            offset = _optional_int(message, "offset")
+            if offset is not None:
+                # sendfile(2) with an offset pointer leaves the file position alone.
+                self._restore = self.file.tell()
+                self.file.seek(offset)
+        try:
+            self.available = self._available()
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _open_zerocopy(message: Dict[str, Any]) -> Any:
+        file = message.get("file")
+        if isinstance(file, int) and not isinstance(file, bool):
+            # A bare descriptor: read it where it stands, and never close it
+            # (Zero Copy Send: closing it is the application's business).
+            return open(file, "rb", buffering=0, closefd=False)
+        if file is None or not hasattr(file, "fileno"):
+            raise RuntimeError(f"{ZEROCOPYSEND} needs 'file', an open file or a descriptor, "
+                               f"got {file!r}")
+        if isinstance(file, io.TextIOBase):
+            raise RuntimeError(f"{ZEROCOPYSEND} needs a file opened in binary mode")
+        return file
+
+    def _available(self) -> Optional[int]:
+        """Bytes the file holds from where the send starts; None if that cannot be known."""
+        st = os.fstat(self.file.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return max(0, st.st_size - int(self.file.tell()))
+
+    def wanted(self) -> Optional[int]:
+        """Bytes this message asks for: its count, capped by what the file holds."""
+        if self.count is None:
+            return self.available
+        if self.available is None:
+            return self.count
+        return min(self.count, self.available)
+
+    def close(self) -> None:
+        if self._owned:
+            self.file.close()
+        elif self._restore is not None:
+            self.file.seek(self._restore)
+
+
+def _optional_int(message: Dict[str, Any], key: str) -> Optional[int]:
+    value = message.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RuntimeError(f"{ZEROCOPYSEND} '{key}' must be an int >= 0, got {value!r}")
+    return value
+
+
+# -- the cycle -----------------------------------------------------------------------------
+
+class _FileCycle:
+    """What both cycles add to uvicorn's RequestResponseCycle: the file messages.
+
+    Everything that is not a file message, and every file message arriving
+    where uvicorn would reject a body (before the start, after the end, after
+    a disconnect), goes to uvicorn's own ``send``.
+    """
+
+    # Set by uvicorn's RequestResponseCycle.__init__.
+    scope: Any
+    transport: Any
+    flow: Any
+    logger: logging.Logger
+    disconnected: bool
+    response_started: bool
+    response_complete: bool
+    keep_alive: bool
+    message_event: asyncio.Event
+    on_response: Callable[..., None]
+
+    _fw_path: Optional[str]
+    _fw_start: Optional[Dict[str, Any]]
+    _fw_body_sent: int
+
+    def _fw_setup(self) -> None:
+        self._fw_start = None
+        self._fw_body_sent = 0
+        self._fw_path = _choose_path(self.transport, self.scope, self.logger)
+        if self._fw_path is None:
+            return
+        extensions = self.scope.get("extensions")
+        if extensions is None:
+            extensions = self.scope["extensions"] = {}
+        extensions[PATHSEND] = {}
+        extensions[ZEROCOPYSEND] = {}
+        if self._fw_path == _ZERO_COPY:
+            self.transport = _HeadHolder(self.transport)
+
+    async def _uvicorn_send(self, message: Any) -> None:
+        raise NotImplementedError  # uvicorn's own send, in each concrete cycle
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if self._fw_path is None:
+            await self._uvicorn_send(message)
+        elif kind in _FILE_MESSAGES and self.response_started and not self.response_complete:
+            # uvicorn waits for the transport to drain before every message.
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if not self.disconnected:
+                await self._send_file(message)
+        elif kind == "http.response.start" and not self.response_started:
+            await self._start(message)
+        else:
+            if kind == "http.response.body" and self.response_started:
+                self._fw_body_sent += len(message.get("body", b""))
+            await self._uvicorn_send(message)
+
+    async def _start(self, message: Any) -> None:
+        """uvicorn renders the head; a zero-copy cycle holds it for this turn of the loop."""
+        self._fw_start = message
+        holder = self.transport
+        if not isinstance(holder, _HeadHolder):
+            await self._uvicorn_send(message)
+            return
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()  # so uvicorn's send below does not wait while capturing
+        holder.capturing = True
+        try:
+            await self._uvicorn_send(message)
+        finally:
+            holder.capturing = False
+        if holder.held:
+            asyncio.get_running_loop().call_soon(holder.flush)
+
+    # -- framing -----------------------------------------------------------------------
+
+    def _allowance(self) -> Optional[int]:
+        """Body bytes the response may still carry; None when not limited (chunked)."""
+        start = self._fw_start
+        assert start is not None
+        status = start["status"]
+        if self.scope["method"] == "HEAD" or status in (204, 304) or status < 200:
+            return 0
+        for name, value in start.get("headers", ()):
+            if name.lower() == b"content-length":  # the first one, as uvicorn takes it
+                return max(0, int(value) - self._fw_body_sent)
+            if name.lower() == b"transfer-encoding":
+                return None
+        return None
+
+    def _frame(self, n: int) -> Tuple[bytes, bytes]:
+        """The bytes uvicorn's framing puts before and after *n* body bytes."""
+        raise NotImplementedError
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send_file(self, message: Dict[str, Any]) -> None:
+        source = _Source(message)
+        try:
+            await self._send_source(source)
+        finally:
+            source.close()
+
+    async def _send_source(self, source: _Source) -> None:
+        allowance = self._allowance()
+        wanted = source.wanted()
+        if allowance is None:
+            n, exact = wanted, wanted is not None
+        elif wanted is None:
+            n, exact = allowance, False  # until the file ends or the allowance is used up
+        else:
+            n, exact = min(wanted, allowance), True
+        if n is None or self._fw_path == _COPY:
+            sent = await self._copy(source, n)
+        elif n == 0:
+            sent = 0
+        else:
+            sent = await self._zero_copy(source, n)
+        if self.disconnected:
+            return
+        self._fw_body_sent += sent
+        if exact and n is not None and sent < n:
+            self._end_short(sent, n)  # the file shrank, or a chunk came up short
+            return
+        if source.final and allowance is not None and sent < allowance:
+            self._end_short(sent, allowance)  # less than the Content-Length declared
+            return
+        if source.final:
+            # uvicorn's own ending: the last chunk, keep-alive or close, the next request.
+            await self._uvicorn_send({"type": "http.response.body", "body": b"",
+                                      "more_body": False})
+
+    async def _copy(self, source: _Source, n: Optional[int]) -> int:
+        """Read the file and send it as http.response.body messages through uvicorn."""
+        sent = 0
+        while n is None or sent < n:
+            want = COPY_CHUNK if n is None else min(COPY_CHUNK, n - sent)
+            chunk = source.file.read(want)
+            if not chunk:
+                break
+            await self._uvicorn_send({"type": "http.response.body", "body": chunk,
+                                      "more_body": True})
+            if self.disconnected:
+                break
+            sent += len(chunk)
+        return sent
+
+    async def _zero_copy(self, source: _Source, n: int) -> int:
+        """Send *n* file bytes with uvicorn's framing, straight onto the socket."""
+        holder = self.transport
+        assert isinstance(holder, _HeadHolder)
+        prefix, suffix = self._frame(n)
+        loop = asyncio.get_running_loop()
+        raw = holder.real.get_extra_info("socket")
+        # The loop watches only descriptors no transport owns: a duplicate of
+        # the socket's.  It also keeps the socket ours even if the transport
+        # closes its descriptor meanwhile.
+        sock = socket.fromfd(raw.fileno(), raw.family, raw.type, raw.proto)
+        sock.setblocking(False)
+        paused = False
+        try:
+            await self._drained(loop, holder.real, sock.fileno())
+            tx = fastwrap.Transmission(source.file, sock, n, holder.take() + prefix)
+            try:
+                while not tx.done:
+                    try:
+                        tx.send()
+                        continue
+                    except BlockingIOError:
+                        pass
+                    if not paused and not self.flow.read_paused:
+                        # Nothing may write to the transport while the socket is
+                        # ours: no request is parsed (and so no error answered)
+                        # until the body is out.
+                        self.flow.pause_reading()
+                        paused = True
+                    await _writable(loop, sock.fileno())
+                    if holder.real.is_closing():
+                        raise ConnectionAbortedError(errno.ECONNABORTED, "the transport closed")
+                sent: int = tx.sent
+            finally:
+                tx.close()
+        except ConnectionError as exc:
+            self._client_gone(exc)
+            return 0
+        finally:
+            sock.close()
+            if paused and self.flow.read_paused:
+                self.flow.resume_reading()
+        if sent == n and suffix:
+            holder.write(suffix)
+        return sent
+
+    @staticmethod
+    async def _drained(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
+                       fd: int) -> None:
+        """Wait until the transport has written out everything it buffers."""
+        while transport.get_write_buffer_size() and not transport.is_closing():
+            # The transport writes whenever the socket is writable; so do we wake.
+            await _writable(loop, fd)
+
+    def _client_gone(self, exc: BaseException) -> None:
+        """The client left mid-file: end as uvicorn does when it sees the connection lost."""
+        self.logger.debug("fastwrap: client gone during a file body: %r", exc)
+        self.disconnected = True
+        self.message_event.set()
+        self.transport.close()
+
+    def _end_short(self, sent: int, expected: Optional[int]) -> None:
+        """The file ended before its framing did: the response cannot be finished."""
+        self.logger.warning("fastwrap: the file ended after %d of %s body bytes; "
+                            "closing the connection", sent, expected)
+        self.keep_alive = False
+        self.response_complete = True
+        self.message_event.set()
+        self.transport.close()
+        self.on_response()
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    waiter = loop.create_future()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+class _Length:
+    """Stands for *n* body bytes in h11's framing (h11's documented sendfile support)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class H11Cycle(_FileCycle, h11_impl.RequestResponseCycle):
+    """uvicorn's h11 RequestResponseCycle, plus the ASGI file messages."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fw_setup()
+
+    async def _uvicorn_send(self, message: Any) -> None:
+        await h11_impl.RequestResponseCycle.send(self, message)
+
+    def _frame(self, n: int) -> Tuple[bytes, bytes]:
+        # h11 counts the bytes against Content-Length and gives the chunk framing.
+        marker = _Length(n)
+        event = h11.Data(data=cast(bytes, marker))  # any object with a length, says h11
+        pieces: List[Any] = self.conn.send_with_data_passthrough(event) or []
+        at = next(i for i, piece in enumerate(pieces) if piece is marker)
+        return b"".join(pieces[:at]), b"".join(pieces[at + 1:])
+
+
+def _hook_cycle(function: Callable[..., None], cycle: type) -> Callable[..., None]:
+    """uvicorn's own *function*, creating *cycle* where it creates a RequestResponseCycle.
+
+    The protocols build their cycle inline, by the module-global name
+    ``RequestResponseCycle``, in the method that parses a request head
+    (``on_headers_complete`` for httptools, ``handle_events`` for h11).  A
+    copy of that method whose globals bind the name to fastwrap's subclass
+    changes exactly that, and keeps every other line uvicorn's.
+    """
+    if "RequestResponseCycle" not in function.__code__.co_names:
+        raise ImportError(f"fastwrap.uvicorn does not know this uvicorn: {function.__qualname__} "
+                          "no longer creates the RequestResponseCycle")
+    namespace = dict(function.__globals__, RequestResponseCycle=cycle)
+    hooked = types.FunctionType(function.__code__, namespace, function.__name__,
+                                function.__defaults__, function.__closure__)
+    hooked.__kwdefaults__ = function.__kwdefaults__
+    hooked.__qualname__ = function.__qualname__
+    hooked.__doc__ = function.__doc__
+    return hooked
+
+
+class H11Protocol(h11_impl.H11Protocol):
+    """uvicorn's h11 protocol whose requests may send files zero-copy."""
+
+    handle_events = _hook_cycle(h11_impl.H11Protocol.handle_events, H11Cycle)
+
+
+if httptools_impl is not None:
+
+    class HttpToolsCycle(_FileCycle, httptools_impl.RequestResponseCycle):
+        """uvicorn's httptools RequestResponseCycle, plus the ASGI file messages."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._fw_setup()
+
+        async def _uvicorn_send(self, message: Any) -> None:
+            await httptools_impl.RequestResponseCycle.send(self, message)
+
+        def _frame(self, n: int) -> Tuple[bytes, bytes]:
+            # uvicorn's bookkeeping for a body of n bytes (its send() for http.response.body).
+            if self.chunked_encoding:
+                return b"%x\r\n" % n, b"\r\n"
+            self.expected_content_length -= n
+            return b"", b""
+
+    class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+        """uvicorn's httptools protocol whose requests may send files zero-copy."""
+
+        on_headers_complete = _hook_cycle(httptools_impl.HttpToolsProtocol.on_headers_complete,
+                                          HttpToolsCycle)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HttpToolsProtocol":
+        raise AttributeError("fastwrap.uvicorn.HttpToolsProtocol needs httptools "
+                             "(pip install httptools), or use fastwrap.uvicorn:H11Protocol")
+    if name == "UvicornWorker":
+        return _worker_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _worker_class() -> type:
+    """gunicorn's UvicornWorker running fastwrap's protocol (httptools when installed)."""
+    try:  # the uvicorn-worker package, where uvicorn's own worker class moved
+        module = importlib.import_module("uvicorn_worker")
+    except ImportError:
+        with warnings.catch_warnings():  # uvicorn.workers says to use uvicorn-worker
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = importlib.import_module("uvicorn.workers")
+    Base: Any = module.UvicornWorker
+    protocol = "HttpToolsProtocol" if httptools_impl is not None else "H11Protocol"
+    kwargs = dict(Base.CONFIG_KWARGS, http=f"fastwrap.uvicorn:{protocol}")
+    worker: type = type("UvicornWorker", (Base,), {
+        "__module__": __name__, "CONFIG_KWARGS": kwargs,
+        "__doc__": "gunicorn -k fastwrap.uvicorn.UvicornWorker: uvicorn with fastwrap's "
+                   "protocol."})
+    globals()["UvicornWorker"] = worker
+    return worker

@@ -1,0 +1,219 @@
+"""ASGI apps served by real uvicorn processes in test_uvicorn.py (and gunicorn's UvicornWorker).
+
+``app`` dispatches on the path's first segment:
+
+- ``/fastapi/...``: a FastAPI app (``FileResponse`` from a route);
+- ``/raw/...``: a bare ASGI app using ``http.response.zerocopysend`` and
+  ``http.response.pathsend`` directly, with the cases Starlette never sends;
+- anything else: a Starlette app (``FileResponse``, ``StaticFiles`` with its
+  304 and Range answers, and a few non-file responses to compare with stock
+  uvicorn).
+
+``GET /__stats__`` answers this process's ``fastwrap.stats()`` plus what the
+raw app observed (disconnects reported by ``receive()``, file positions).
+The files live in ``$FASTWRAP_TEST_DIR``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List
+from urllib.parse import parse_qs
+
+import fastwrap
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+DIRECTORY = os.environ.get("FASTWRAP_TEST_DIR", os.getcwd())
+
+#: What the raw app saw, reported by /__stats__.
+OBSERVED: Dict[str, Any] = {"disconnects": 0, "positions": []}
+
+
+def _file(name: str) -> str:
+    return os.path.join(DIRECTORY, name)
+
+
+# -- Starlette --------------------------------------------------------------------------
+
+async def file_route(request: Request) -> Response:
+    return FileResponse(_file(request.path_params["name"]))
+
+
+async def plain(request: Request) -> Response:
+    return PlainTextResponse("hello from uvicorn\n")
+
+
+async def stream(request: Request) -> Response:
+    async def pieces() -> Any:
+        for piece in (b"one,", b"two,", b"three"):
+            yield piece
+    return StreamingResponse(pieces(), media_type="text/plain")
+
+
+async def echo(request: Request) -> Response:
+    return Response(await request.body(), media_type="application/octet-stream")
+
+
+starlette_app = Starlette(routes=[
+    Route("/file/{name}", file_route, methods=["GET", "HEAD"]),
+    Route("/plain", plain, methods=["GET", "HEAD"]),
+    Route("/stream", stream),
+    Route("/echo", echo, methods=["POST"]),
+    Mount("/static", StaticFiles(directory=DIRECTORY)),
+])
+
+
+# -- FastAPI ---------------------------------------------------------------------------
+
+fastapi_app = FastAPI()
+
+
+@fastapi_app.get("/fastapi/file/{name}")
+async def fastapi_file(name: str) -> FileResponse:
+    return FileResponse(_file(name))
+
+
+# -- a bare ASGI app using the extensions ----------------------------------------------------
+
+def _query(scope: Dict[str, Any]) -> Dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+
+
+def _head(length: Any = None) -> Dict[str, Any]:
+    headers = [(b"content-type", b"application/octet-stream")]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    return {"type": "http.response.start", "status": 200, "headers": headers}
+
+
+async def raw_zerocopy(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """One zerocopysend with offset and count; the file's position must not move."""
+    q = _query(scope)
+    offset, count = int(q["offset"]), int(q["count"])
+    with open(_file(q.get("name", "data.bin")), "rb") as f:
+        f.seek(7)
+        await send(_head(q.get("cl", count)))
+        await send({"type": "http.response.zerocopysend", "file": f, "offset": offset,
+                    "count": count})
+        OBSERVED["positions"].append(f.tell())
+
+
+async def raw_descriptor(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """zerocopysend of a bare descriptor, from its position, in two messages."""
+    q = _query(scope)
+    start, count = int(q["start"]), int(q["count"])
+    fd = os.open(_file("data.bin"), os.O_RDONLY)
+    try:
+        os.lseek(fd, start, os.SEEK_SET)
+        await send(_head(2 * count))
+        await send({"type": "http.response.zerocopysend", "file": fd, "count": count,
+                    "more_body": True})
+        await send({"type": "http.response.zerocopysend", "file": fd, "count": count})
+        OBSERVED["positions"].append(os.lseek(fd, 0, os.SEEK_CUR))
+    finally:
+        os.close(fd)
+
+
+MIXED = [("body", b"<begin>"), ("file", 0, 1000), ("body", b"<middle>"),
+         ("file", 5000, 70000), ("file", 1000, 1), ("body", b""), ("body", b"<end>")]
+
+
+def mixed_expected(data: bytes) -> bytes:
+    return b"".join(p[1] if p[0] == "body" else data[p[1]:p[1] + p[2]] for p in MIXED)
+
+
+async def raw_mixed(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """zerocopysend chunks with more_body, mixed with ordinary body messages."""
+    chunked = _query(scope).get("chunked") == "1"
+    total = sum(len(p[1]) if p[0] == "body" else p[2] for p in MIXED)
+    with open(_file("data.bin"), "rb") as f:
+        await send(_head(None if chunked else total))
+        for i, piece in enumerate(MIXED):
+            more = i < len(MIXED) - 1
+            if piece[0] == "body":
+                await send({"type": "http.response.body", "body": piece[1], "more_body": more})
+            else:
+                await send({"type": "http.response.zerocopysend", "file": f,
+                            "offset": piece[1], "count": piece[2], "more_body": more})
+
+
+async def raw_pathsend(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """pathsend with the Content-Length the query says ("none": no header)."""
+    q = _query(scope)
+    path = _file(q.get("name", "data.bin"))
+    length = q.get("cl", str(os.path.getsize(path)))
+    await send(_head(None if length == "none" else length))
+    await send({"type": "http.response.pathsend",
+                "path": q["name"] if q.get("relative") else path})
+
+
+async def raw_disconnect(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """A big pathsend; afterwards, what receive() says (http.disconnect if the client left)."""
+    path = _file("big.bin")
+    await send(_head(os.path.getsize(path)))
+    await send({"type": "http.response.pathsend", "path": path})
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        OBSERVED["disconnects"] += 1
+
+
+async def raw_scope(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    body = json.dumps({"extensions": sorted(scope.get("extensions") or {}),
+                       "http_version": scope["http_version"],
+                       "scheme": scope["scheme"]}).encode()
+    await send(_head(len(body)))
+    await send({"type": "http.response.body", "body": body})
+
+
+RAW: Dict[str, Callable] = {
+    "/raw/zerocopy": raw_zerocopy,
+    "/raw/descriptor": raw_descriptor,
+    "/raw/mixed": raw_mixed,
+    "/raw/pathsend": raw_pathsend,
+    "/raw/disconnect": raw_disconnect,
+    "/raw/scope": raw_scope,
+}
+
+
+# -- the dispatcher -----------------------------------------------------------------------
+
+async def stats(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    body = json.dumps({"implementation": fastwrap.IMPLEMENTATION, "stats": fastwrap.stats(),
+                       "pid": os.getpid(), **OBSERVED}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def lifespan(receive: Callable, send: Callable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def app(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    path = scope["path"]
+    if path == "/__stats__":
+        await stats(scope, receive, send)
+    elif path in RAW:
+        await RAW[path](scope, receive, send)
+    elif path.startswith("/fastapi/"):
+        await fastapi_app(scope, receive, send)
+    else:
+        await starlette_app(scope, receive, send)
+
+
+__all__: List[str] = ["app", "starlette_app", "fastapi_app", "mixed_expected", "MIXED"]

@@ -1,0 +1,310 @@
+"""Real uvicorn processes on 127.0.0.1, and a plain HTTP/1.1 client that reads their bytes.
+
+``with serve_uvicorn(http="fastwrap-httptools", loop="uvloop") as server:``
+starts ``python -m uvicorn`` (or ``uvicorn.run(...)`` with the protocol
+class, ``programmatic=True``) serving ``_asgi_apps:app`` from this directory,
+waits until ``GET /__stats__`` answers, and stops it at exit.
+
+The client side is deliberately low-level (a socket and a reader that keeps
+every byte it consumed), so that tests see the framing exactly as sent:
+Content-Length, chunks, what follows a response, where the server closed.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import fastwrap
+
+TESTS = Path(__file__).resolve().parent
+SRC = Path(fastwrap.__file__).resolve().parents[1]
+
+#: --http values: fastwrap's classes by import string, uvicorn's by name.
+HTTP = {
+    "fastwrap-httptools": "fastwrap.uvicorn:HttpToolsProtocol",
+    "fastwrap-h11": "fastwrap.uvicorn:H11Protocol",
+    "stock-httptools": "httptools",
+    "stock-h11": "h11",
+}
+START_TIMEOUT = 30.0
+IO_TIMEOUT = 60.0
+
+
+class Server:
+    def __init__(self, port: int, process: Optional[subprocess.Popen], log: Optional[Path],
+                 tls: Optional[ssl.SSLContext]) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self.process = process
+        self.log = log
+        self.tls = tls  # the client's context, for a TLS server
+
+    def connect(self, rcvbuf: Optional[int] = None) -> "Connection":
+        return Connection(self, rcvbuf)
+
+    def request(self, method: str, target: str, headers: Sequence[str] = ()) -> "Response":
+        """One request on a new connection that asks to close."""
+        with self.connect() as conn:
+            conn.send_request(method, target, [*headers, "Connection: close"])
+            return conn.read_response(method)
+
+    def stats(self) -> Dict[str, Any]:
+        response = self.request("GET", "/__stats__")
+        assert response.status == 200, response
+        result: Dict[str, Any] = json.loads(response.body)
+        return result
+
+    def open_fds(self) -> int:
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def log_text(self) -> str:
+        assert self.log is not None
+        return self.log.read_text(errors="replace")
+
+
+class Response:
+    def __init__(self, status: int, head: bytes, headers: List[Tuple[str, str]], body: bytes,
+                 complete: bool) -> None:
+        self.status = status
+        self.head = head
+        self.headers = headers
+        self.body = body
+        self.complete = complete  # False: the connection ended inside the body
+
+    def header(self, name: str) -> Optional[str]:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes {self.headers}>"
+
+
+class Connection:
+    """One client connection; keeps every byte it read in ``raw``."""
+
+    def __init__(self, server: Server, rcvbuf: Optional[int] = None) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect((server.host, server.port))
+        if server.tls is not None:
+            sock = server.tls.wrap_socket(sock, server_hostname="localhost")
+        self.sock = sock
+        self.buffer = bytearray()
+        self.raw = bytearray()
+        self.eof = False
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_request(self, method: str, target: str, headers: Sequence[str] = (),
+                     version: str = "HTTP/1.1", body: bytes = b"") -> None:
+        lines = [f"{method} {target} {version}", "Host: 127.0.0.1", *headers]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        try:
+            chunk = self.sock.recv(1 << 18)
+        except (ssl.SSLEOFError, ConnectionResetError):
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        self.raw += data
+        return data
+
+    def readline(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                return self._take(len(self.buffer))
+        return self._take(self.buffer.index(b"\r\n") + 2)
+
+    def read(self, n: int) -> bytes:
+        while len(self.buffer) < n and self._fill():
+            pass
+        return self._take(min(n, len(self.buffer)))
+
+    def read_to_eof(self) -> bytes:
+        while self._fill():
+            pass
+        return self._take(len(self.buffer))
+
+    def read_response(self, method: str = "GET") -> Response:
+        start = len(self.raw)
+        status_line = self.readline()
+        assert status_line.startswith(b"HTTP/1."), f"not a response: {status_line!r}"
+        status = int(status_line.split()[1])
+        headers: List[Tuple[str, str]] = []
+        while True:
+            line = self.readline()
+            assert line, "the connection closed inside the head"
+            if line == b"\r\n":
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+        head = bytes(self.raw[start:])
+        response = Response(status, head, headers, b"", True)
+        if method == "HEAD" or status in (204, 304) or status < 200:
+            return response
+        if (response.header("transfer-encoding") or "").lower() == "chunked":
+            response.body, response.complete = self._read_chunked()
+        elif response.header("content-length") is not None:
+            length = int(response.header("content-length") or 0)
+            response.body = self.read(length)
+            response.complete = len(response.body) == length
+        else:
+            response.body = self.read_to_eof()
+        return response
+
+    def _read_chunked(self) -> Tuple[bytes, bool]:
+        body = bytearray()
+        while True:
+            size_line = self.readline()
+            if not size_line.endswith(b"\r\n"):
+                return bytes(body), False
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                while self.readline() not in (b"\r\n", b""):
+                    pass  # trailers
+                return bytes(body), True
+            piece = self.read(size)
+            body += piece
+            if len(piece) < size or self.read(2) != b"\r\n":
+                return bytes(body), False
+
+
+# -- the server process ---------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def engine_env(engine: str) -> Dict[str, str]:
+    """The server's environment for *engine* ("c" or "pure")."""
+    return {"FASTWRAP_NO_EXTENSIONS": "1" if engine == "pure" else "0"}
+
+
+_PROGRAMMATIC = """
+import sys, uvicorn, fastwrap.uvicorn
+port, loop, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+kwargs = dict(host="127.0.0.1", port=port, loop=loop, http=getattr(fastwrap.uvicorn, name),
+              log_level="debug", access_log=False)
+if len(sys.argv) > 4:
+    kwargs.update(ssl_certfile=sys.argv[4], ssl_keyfile=sys.argv[5])
+uvicorn.run("_asgi_apps:app", **kwargs)
+"""
+
+
+@contextlib.contextmanager
+def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
+                  engine: str = "c", data_dir: Optional[Path] = None,
+                  tls: Optional[Any] = None, programmatic: bool = False,
+                  app_ref: str = "_asgi_apps:app") -> Iterator[Server]:
+    """Run uvicorn serving *app_ref*; yield a :class:`Server`.
+
+    *tls* is a trustme CA: the server gets a certificate it issued, and the
+    client side trusts it.
+    """
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="fastwrap-uvicorn-") as scratch:
+        tls_args: List[str] = []
+        client_context = None
+        if tls is not None:
+            cert = tls.issue_cert("127.0.0.1", "localhost")
+            certfile, keyfile = os.path.join(scratch, "cert.pem"), os.path.join(scratch, "key.pem")
+            cert.cert_chain_pems[0].write_to_path(certfile)
+            for pem in cert.cert_chain_pems[1:]:
+                pem.write_to_path(certfile, append=True)
+            cert.private_key_pem.write_to_path(keyfile)
+            tls_args = [certfile, keyfile]
+            client_context = ssl.create_default_context()
+            tls.configure_trust(client_context)
+        if programmatic:
+            name = HTTP[http].rsplit(":", 1)[1]
+            args = [sys.executable, "-c", _PROGRAMMATIC, str(port), loop, name, *tls_args]
+        else:
+            args = [sys.executable, "-m", "uvicorn", app_ref, "--host", "127.0.0.1",
+                    "--port", str(port), "--http", HTTP[http], "--loop", loop,
+                    "--log-level", "debug", "--no-access-log"]
+            if tls_args:
+                args += ["--ssl-certfile", tls_args[0], "--ssl-keyfile", tls_args[1]]
+        environ = {k: v for k, v in os.environ.items() if k != "FASTWRAP_DISABLE"}
+        environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(TESTS), str(SRC), os.environ.get("PYTHONPATH")) if p)
+        environ.update(engine_env(engine))
+        if data_dir is not None:
+            environ["FASTWRAP_TEST_DIR"] = str(data_dir)
+        log = Path(scratch) / "server.log"
+        with open(log, "wb") as output:
+            process = subprocess.Popen(args, cwd=TESTS, env=environ, stdout=output,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        server = Server(port, process, log, client_context)
+        try:
+            _wait_until_answering(server)
+            yield server
+        finally:
+            _stop(process)
+
+
+def _wait_until_answering(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        assert server.process is not None
+        if server.process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {server.process.returncode}:\n"
+                               + server.log_text()[-4000:])
+        try:
+            server.stats()
+            return
+        except (OSError, AssertionError, ValueError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not answer within {START_TIMEOUT} s:\n"
+                                   + server.log_text()[-4000:]) from None
+            time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(15)
