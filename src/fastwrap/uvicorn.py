@@ -76,6 +76,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 import fastwrap
+from fastwrap.asyncio import _writable
 from uvicorn.protocols.http import h11_impl
 
 try:
@@ -514,20 +515,6 @@ class _FileCycle:
         self.message_event.set()
         self.transport.close()
         self.on_response()
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    waiter = loop.create_future()
-
-    def ready() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    loop.add_writer(fd, ready)
-    try:
-        await waiter
-    finally:
-        loop.remove_writer(fd)
 
 
 class _Length:
