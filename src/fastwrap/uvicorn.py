@@ -292,7 +292,7 @@ def _optional_int(message: Dict[str, Any], key: str) -> Optional[int]:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise RuntimeError(f"{ZEROCOPYSEND} '{key}' must be an int >= 0, got {value!r}")
-    return value
+    return int(value)
 
 
 # -- the cycle -----------------------------------------------------------------------------
