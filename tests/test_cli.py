@@ -86,3 +86,12 @@ def test_info_says_sendfile_is_unavailable_because_of_fastwrap_disable(engine):
     others = [path for path in fastwrap.PATHS if path != "sendfile"]
     assert {path: states[path] == "available" for path in others} == {
         path: path in engine.SUPPORTED_PATHS for path in others}
+
+
+def test_info_names_fastwrap_disable_however_it_spells_the_path(engine):
+    # FASTWRAP_DISABLE is read without regard to case or spaces: so is its mention.
+    proc = run_python(INFO, env=_env(engine, FASTWRAP_DISABLE=" Sendfile , MMAP"), args=["info"])
+    assert proc.returncode == 0, proc.stderr
+    states = _paths_section(proc.stdout)
+    assert states["sendfile"] == "unavailable: disabled by FASTWRAP_DISABLE"
+    assert states["mmap"] == "unavailable: disabled by FASTWRAP_DISABLE"

@@ -14,7 +14,7 @@ from fastwrap import _paths
 def _why_not(path: str) -> str:
     """Why *path* is not available here, in words a user can act on."""
     if _paths.is_disabled(path):
-        source = ("FASTWRAP_DISABLE" if path in os.environ.get("FASTWRAP_DISABLE", "")
+        source = ("FASTWRAP_DISABLE" if path in _paths.named_in_environment()
                   else "fastwrap.disable()")
         return f"disabled by {source}"
     python_engine = fastwrap.IMPLEMENTATION == "python"

@@ -57,11 +57,16 @@ def disabled() -> frozenset[str]:
     return frozenset(_disabled)
 
 
+def named_in_environment() -> tuple[str, ...]:
+    """The paths ``FASTWRAP_DISABLE`` names (comma-separated, any case)."""
+    spec = os.environ.get("FASTWRAP_DISABLE", "")
+    return tuple(p.strip().lower() for p in spec.split(",") if p.strip())
+
+
 def _from_environment() -> None:
     spec = os.environ.get("FASTWRAP_DISABLE", "")
-    names = tuple(p.strip().lower() for p in spec.split(",") if p.strip())
     try:
-        disable(*names)
+        disable(*named_in_environment())
     except ValueError as exc:
         raise ValueError(f"FASTWRAP_DISABLE={spec!r}: {exc}") from None
 
