@@ -27,9 +27,9 @@ import mimetypes
 import os
 import stat
 import sys
-import time
 import urllib.parse
 from typing import Any, Callable, Iterable, Iterator, Optional
+from wsgiref.handlers import format_date_time
 
 import fastwrap
 
@@ -213,7 +213,7 @@ def _file_response(environ: _Environ, start_response: _StartResponse, f: Any,
     mtime = int(st.st_mtime)
     headers = [
         ("Content-Type", _content_type(target)),
-        ("Last-Modified", _http_date_of(mtime)),
+        ("Last-Modified", format_date_time(mtime)),
         ("ETag", etag),
         ("Accept-Ranges", "bytes"),
     ]
@@ -262,17 +262,6 @@ def _type_of_suffixes(suffixes: str) -> str:
     if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
         return kind + "; charset=utf-8"
     return kind
-
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _http_date_of(seconds: int) -> str:
-    """RFC 9110's IMF-fixdate, as email.utils.formatdate(usegmt=True) gives, but cheaper."""
-    t = time.gmtime(seconds)
-    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def _not_modified(environ: _Environ, etag: str, mtime: int) -> bool:

@@ -132,7 +132,6 @@ def send_file_response(handler: Any, response: serving.FileResponse) -> bool:
             sent = transmission.run()
         finally:
             handler.bytes_sent = transmission.sent  # what the access log reports, also if cut
-
     else:
         sent = fastwrap.transmit(dest, (), headers=head)
     handler.bytes_sent = sent
