@@ -7,7 +7,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from .model import MIB
 
@@ -32,18 +32,24 @@ def helper_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _orders(ctl: socket.socket, size: int, what: str) -> Iterator[tuple[bytes, int]]:
+    """Each order the bench sends until it hangs up: its message and the descriptor with it."""
+    while True:
+        message, fds, _flags, _addr = socket.recv_fds(ctl, size, 1)
+        if not message:
+            return
+        if not fds:
+            raise RuntimeError(f"an order without {what}: {message!r}")
+        yield message, fds[0]
+
+
 # -- helper: the receiving end ------------------------------------------------------
 
 def _drain_loop(ctl: socket.socket) -> None:
     """Read every connection handed over to its end, then report the byte count."""
     buffer = memoryview(bytearray(MIB))
-    while True:
-        message, fds, _flags, _addr = socket.recv_fds(ctl, 64, 1)
-        if not message:
-            return
-        if not fds:
-            raise RuntimeError(f"an order without a connection: {message!r}")
-        count = _drain(socket.socket(fileno=fds[0]), message == b"tls", buffer)
+    for message, fd in _orders(ctl, 64, "a connection"):
+        count = _drain(socket.socket(fileno=fd), message == b"tls", buffer)
         ctl.sendall(struct.pack("!q", count))
 
 
@@ -73,20 +79,15 @@ def _drain(sock: socket.socket, tls: bool, buffer: memoryview) -> int:
 
 def _feed_loop(ctl: socket.socket) -> None:
     """Write a file into each pipe handed over, as many times as asked, then close it."""
-    while True:
-        message, fds, _flags, _addr = socket.recv_fds(ctl, 4096, 1)
-        if not message:
-            return
-        if not fds:
-            raise RuntimeError(f"an order without a pipe: {message!r}")
+    for message, fd in _orders(ctl, 4096, "a pipe"):
         name, times = message.decode("utf-8").split("\0")
         try:
-            _feed(fds[0], name, int(times))
+            _feed(fd, name, int(times))
             reply = "ok"
         except OSError as exc:
             reply = f"{type(exc).__name__}: {exc}"
         finally:
-            os.close(fds[0])
+            os.close(fd)
         ctl.sendall(reply.encode("utf-8") + b"\n")
 
 
