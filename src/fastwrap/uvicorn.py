@@ -321,6 +321,10 @@ class _FileCycle:
     _fw_start: Optional[Dict[str, Any]]
     _fw_body_sent: int
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # uvicorn's cycle, next in the MRO
+        self._fw_setup()
+
     def _fw_setup(self) -> None:
         self._fw_start = None
         self._fw_body_sent = 0
@@ -530,10 +534,6 @@ class _Length:
 class H11Cycle(_FileCycle, h11_impl.RequestResponseCycle):
     """uvicorn's h11 RequestResponseCycle, plus the ASGI file messages."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._fw_setup()
-
     async def _uvicorn_send(self, message: Any) -> None:
         await h11_impl.RequestResponseCycle.send(self, message)
 
@@ -577,10 +577,6 @@ if httptools_impl is not None:
 
     class HttpToolsCycle(_FileCycle, httptools_impl.RequestResponseCycle):
         """uvicorn's httptools RequestResponseCycle, plus the ASGI file messages."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._fw_setup()
 
         async def _uvicorn_send(self, message: Any) -> None:
             await httptools_impl.RequestResponseCycle.send(self, message)
