@@ -111,8 +111,8 @@ class StaticFiles:
 
     def _resolve(self, environ: _Environ) -> str:
         """The real path under root for the request, or a _Refusal saying why not."""
-        raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
-        if any(enc in raw.split("?", 1)[0].lower() for enc in _ENCODED_SLASH):
+        raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").split("?", 1)[0].lower()
+        if any(enc in raw for enc in _ENCODED_SLASH):
             raise _Refusal(400, "a percent-encoded slash in the request path")
         path = environ.get("PATH_INFO", "") or "/"
         if not path.startswith("/"):
