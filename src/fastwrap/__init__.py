@@ -7,6 +7,7 @@ environment variable ``FASTWRAP_NO_EXTENSIONS=1`` asks for it.
 import os
 
 from ._paths import PATHS, disable, enable
+from ._plan import Wait
 from ._stats import reset_stats, stats
 from ._version import __version__
 
@@ -32,6 +33,7 @@ __all__ = [
     "IMPLEMENTATION",
     "PATHS",
     "Transmission",
+    "Wait",
     "__version__",
     "available_paths",
     "disable",

@@ -54,10 +54,16 @@ cdef extern from "_platform.h" nogil:
     void fw_sigpipe_restore(fw_sigpipe_guard *g)
     int fw_regular_size(int fd, int64_t *size)
     int64_t fw_lseek(int fd, int64_t offset, int whence)
+    int64_t fw_resident(int fd, int64_t offset, int64_t length)
+    int FW_WAIT_DISK
+    int64_t FW_RESIDENT_WINDOW
     int SEEK_CUR
     int SEEK_SET
 
 IMPLEMENTATION = "cython"
+
+if FW_RESIDENT_WINDOW != _plan.RESIDENT_WINDOW or FW_WAIT_DISK != _plan.WAIT_DISK:
+    raise ImportError("fastwrap._fastwrap was built against another fastwrap._plan; rebuild it")
 
 SUPPORTED_PATHS = frozenset(
     path for path, present in (
@@ -238,6 +244,7 @@ cdef class Transmission:
     cdef int _wait_fd
     cdef int _wait_events
     cdef bint _has_sock         # dest is a socket object: its timeout applies
+    cdef bint _nowait           # never wait for the disk in a step: report it
     cdef object _timeout
     # Set by _adopt_plain_file, which builds no plan: what finishing needs,
     # and what a plan built late (to fall back) is built from.
@@ -252,9 +259,10 @@ cdef class Transmission:
         self._have_mem = False
         self.done = True  # until __init__ has a plan
 
-    def __init__(self, source, dest, count=None, headers=b""):
+    def __init__(self, source, dest, count=None, headers=b"", *, nowait=False):
         self.sent = 0
         self.done = False
+        self._nowait = nowait
         if not self._adopt_plain_file(source, dest, count):
             self._adopt(_plan.Plan(source, dest, count, SUPPORTED_PATHS))
         self._prefix = headers if type(headers) is bytes else _plan.check_headers(headers)
@@ -360,10 +368,34 @@ cdef class Transmission:
         """The path carrying the body: sendfile, splice, mmap, readinto or read."""
         return _PATH_NAMES[self._path]
 
+    @property
+    def waiting(self):
+        """What the last step stopped on (a Wait of fd and event), or None.
+
+        None: the transmission is done, or ``send()`` can go on at once.
+        Otherwise wait for ``event`` on ``fd`` before the next ``send()``:
+        ``"write"``, ``"read"``, or ``"disk"`` (run :meth:`fetch` off the loop).
+        """
+        if self.done or not self._blocked:
+            return None
+        return _plan.waiting(self._wait_fd, self._wait_events)
+
+    def fetch(self):
+        """Read the source's next bytes into the page cache; blocks on the disk.
+
+        For a worker thread, when ``waiting.event`` is ``"disk"``; the
+        transmission must stay open until it returns.  Does nothing otherwise.
+        """
+        cdef int64_t remaining = self._remaining()
+        if self.done or not self._blocked or self._wait_events != FW_WAIT_DISK:
+            return
+        _plan.fetch(self._src_fd, self._offset, min(remaining, FW_RESIDENT_WINDOW))
+
     def send(self):
         """Do one non-blocking step; return the bytes (headers included) it sent.
 
-        Raises BlockingIOError when nothing could be sent.
+        Raises BlockingIOError when nothing could be sent.  After any step,
+        ``waiting`` says what the next one needs first.
         """
         cdef int64_t moved = self._step()
         if moved == 0 and self._blocked and not self.done:
@@ -403,6 +435,9 @@ cdef class Transmission:
                 self._step()
                 if self.done or not self._blocked:
                     continue
+                if self._wait_events == FW_WAIT_DISK:
+                    self.fetch()  # blocking anyway: read the cold bytes here
+                    continue
                 with nogil:
                     # poll() ignores a negative descriptor and only sleeps.
                     rc = fw_poll(self._wait_fd, self._wait_events,
@@ -437,8 +472,8 @@ cdef class Transmission:
                 try:
                     self._body()
                     break
-                except BlockingIOError:  # e.g. from a buffered reader's peek()
-                    self._would_block(self._dest_fd, POLLOUT)
+                except BlockingIOError:  # from the source: a buffered reader's peek()
+                    self._would_block(self._src_fd, POLLIN)
                     break
                 except OSError as exc:
                     successor = self._full_plan().fallback(exc, self.sent)
@@ -624,11 +659,19 @@ cdef class Transmission:
 
     cdef int _sendfile(self) except -1:
         cdef Py_ssize_t n
+        cdef int64_t count
         cdef int err
         while not self.done:
+            count = self._length - self.sent
+            if self._nowait:
+                # Only what is in the page cache: sendfile(2) of the rest
+                # would hold the event loop while the disk reads it.
+                count = fw_resident(self._src_fd, self._offset, min(count, FW_RESIDENT_WINDOW))
+                if count == 0:
+                    self._would_block(self._src_fd, FW_WAIT_DISK)
+                    break
             with nogil:
-                n = fw_sendfile(self._dest_fd, self._src_fd, &self._offset,
-                                self._length - self.sent)
+                n = fw_sendfile(self._dest_fd, self._src_fd, &self._offset, count)
                 err = errno
             if n > 0:
                 self._advance(n)

@@ -18,7 +18,7 @@ import stat
 import sys
 import tempfile
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 from . import _paths, _stats
 from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE, log
@@ -574,6 +574,55 @@ class _MemoryReader:
 BACKOFF = 0.001
 POLLIN = getattr(select, "POLLIN", 1)
 POLLOUT = getattr(select, "POLLOUT", 4)
+
+
+# Not a poll() event: the next bytes of a regular file are not in the page
+# cache, so sending them would block on the disk (nowait transmissions).
+WAIT_DISK = 0x10000
+# How much of a file a nowait step checks for residency, and a fetch reads
+# in: large enough that the probe's mmap and mincore cost nothing next to
+# the bytes sent, small enough that one fetch is a few milliseconds of disk.
+RESIDENT_WINDOW = 2 << 20
+_FETCH_PIECE = 256 * 1024
+_WAIT_NAMES = {POLLIN: "read", POLLOUT: "write", WAIT_DISK: "disk"}
+
+
+class Wait(NamedTuple):
+    """What a blocked step waits for before ``send()`` can make progress.
+
+    *event* is ``"write"`` (*fd*, the destination, writable), ``"read"``
+    (*fd* readable: a non-blocking source with no data yet, or a TLS
+    destination that must read first) or ``"disk"`` (*fd*, the source file,
+    has its next bytes on the disk: call ``Transmission.fetch()`` in a worker
+    thread).  *fd* is -1 when there is nothing to poll: back off briefly.
+    """
+    fd: int
+    event: str
+
+
+def waiting(fd: int, events: int) -> Wait:
+    """The Wait for a step that stopped on *events* (a poll event or WAIT_DISK) of *fd*."""
+    return Wait(fd, _WAIT_NAMES[events])
+
+
+def fetch(fd: int, offset: int, length: int) -> None:
+    """Read [offset, offset + length) of the file *fd* so that it is in the page cache.
+
+    Blocks on the disk, with the GIL released: an event loop runs it in a
+    worker thread, as nginx's ``aio threads`` does, and sends the bytes from
+    the page cache afterwards without blocking.
+    """
+    if hasattr(os, "posix_fadvise"):
+        try:  # let the kernel read the whole window at once, not piece by piece
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # only advice: the reads below bring the bytes in anyway
+    end = offset + length
+    while offset < end:
+        piece = os.pread(fd, min(_FETCH_PIECE, end - offset), offset)
+        if not piece:
+            break  # the file is shorter now; the send finds its end
+        offset += len(piece)
 
 
 def ready(fd: int, events: int, timeout: Optional[float]) -> bool:

@@ -29,6 +29,7 @@
 #  include <unistd.h>
 #  include <netinet/in.h>
 #  include <netinet/tcp.h>
+#  include <sys/mman.h>
 #endif
 
 #if defined(__linux__)
@@ -265,6 +266,60 @@ static int64_t fw_lseek(int fd, int64_t offset, int whence)
     return (int64_t)_lseeki64(fd, offset, whence);
 #else
     return (int64_t)lseek(fd, (off_t)offset, whence);
+#endif
+}
+
+/* Not a poll() event: the source's next bytes are on the disk (_plan.WAIT_DISK). */
+#define FW_WAIT_DISK 0x10000
+/* The most fw_resident probes at once (_plan.RESIDENT_WINDOW). */
+#define FW_RESIDENT_WINDOW ((int64_t)2 << 20)
+
+/* How many bytes of [offset, offset + length) of the file fd are in the page
+ * cache, counted from offset up to the first page that is not: 0 means the
+ * next read or sendfile(2) would wait for the disk.  A file that cannot be
+ * mapped (some filesystems refuse mmap) cannot be probed and counts as
+ * resident, so that it is sent as before rather than never.  length must be
+ * at most _plan.RESIDENT_WINDOW. */
+static int64_t fw_resident(int fd, int64_t offset, int64_t length)
+{
+#ifdef _WIN32
+    (void)fd; (void)offset;
+    return length;
+#else
+    unsigned char vec[FW_RESIDENT_WINDOW / 4096 + 2];
+    long page = sysconf(_SC_PAGESIZE);
+    int64_t start, resident;
+    size_t span, pages, i;
+    void *map;
+    int rc;
+    if (length <= 0 || page <= 0)
+        return length;
+    start = offset - offset % page;
+    span = (size_t)(offset + length - start);
+    pages = (span + (size_t)page - 1) / (size_t)page;
+    if (pages > sizeof vec)
+        return length;
+    map = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    if (map == MAP_FAILED)
+        return length;
+    /* The vector's element type differs (char on macOS, unsigned char on Linux). */
+    rc = mincore(map, span, (void *)vec);
+    (void)munmap(map, span);
+    if (rc != 0)
+        return length;
+    for (i = 0; i < pages && (vec[i] & 1); i++)
+        ;
+    if (i == 0) {
+        /* Past the end of a file that shrank nothing is resident, and
+         * nothing is to be read either: let the send find the end. */
+        struct stat st;
+        if (fstat(fd, &st) != 0 || offset >= (int64_t)st.st_size)
+            return length;
+    }
+    resident = (int64_t)i * page - (offset - start);
+    if (resident < 0)
+        resident = 0;
+    return resident < length ? resident : length;
 #endif
 }
 

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 from typing import Any, Optional, Union
 
@@ -18,6 +19,10 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
+try:
+    import ctypes
+except ImportError:  # builds without libffi: cold files cannot be told apart
+    ctypes = None  # type: ignore[assignment]
 
 from . import _plan, _response
 from ._paths import MMAP, READ, READINTO, SENDFILE, SPLICE
@@ -52,6 +57,7 @@ _TCP_CORK = getattr(socket, "TCP_CORK", None)
 _CAN_MASK = hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGPIPE")
 _POLLIN = _plan.POLLIN
 _POLLOUT = _plan.POLLOUT
+_MAP_FAILED = 2**64 - 1 if sys.maxsize > 2**32 else 2**32 - 1  # (void *)-1
 
 try:
     import ssl
@@ -160,8 +166,10 @@ class Transmission:
     """A transmission that advances one non-blocking step at a time."""
 
     def __init__(self, source: Any, dest: Any, count: Optional[int] = None,
-                 headers: Any = b"") -> None:
+                 headers: Any = b"", *, nowait: bool = False) -> None:
         self._plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
+        self._nowait = nowait  # never wait for the disk in a step: report it
+        self._blocked = False
         self._prefix = check_headers(headers)
         self._prefix_more = False
         self.sent = 0
@@ -180,14 +188,41 @@ class Transmission:
         """The path carrying the body: sendfile, splice, mmap, readinto or read."""
         return self._plan.path
 
+    @property
+    def waiting(self) -> Optional[_plan.Wait]:
+        """What the last step stopped on (a Wait of fd and event), or None.
+
+        None: the transmission is done, or ``send()`` can go on at once.
+        Otherwise wait for ``event`` on ``fd`` before the next ``send()``:
+        ``"write"``, ``"read"``, or ``"disk"`` (run :meth:`fetch` off the loop).
+        """
+        if self.done or not self._blocked:
+            return None
+        return _plan.waiting(*self._wait)
+
+    def fetch(self) -> None:
+        """Read the source's next bytes into the page cache; blocks on the disk.
+
+        For a worker thread, when ``waiting.event`` is ``"disk"``; the
+        transmission must stay open until it returns.  Does nothing otherwise.
+        """
+        if self.done or not self._blocked or self._wait[1] != _plan.WAIT_DISK:
+            return
+        plan = self._plan
+        _plan.fetch(plan.src_fd, plan.start + self.sent,
+                    min(self._remaining(), _plan.RESIDENT_WINDOW))
+
     def send(self) -> int:
         """Do one non-blocking step; return the bytes (headers included) it sent.
 
-        Raises BlockingIOError when nothing could be sent.
+        Raises BlockingIOError when nothing could be sent.  After any step,
+        ``waiting`` says what the next one needs first.
         """
         if self.done:
             return 0
         self._moved = 0
+        self._blocked = False
+        self._wait = (self._plan.dest.fd, _POLLOUT)
         guard = _SigpipeGuard() if _CAN_MASK else None
         try:
             if self._prefix:
@@ -197,6 +232,7 @@ class Transmission:
         except (BlockingIOError, _SSL_WANT_WRITE, _SSL_WANT_READ) as exc:
             if isinstance(exc, _SSL_WANT_READ):
                 self._wait = (self._plan.dest.fd, _POLLIN)
+            self._blocked = True
             if not self._moved:
                 raise BlockingIOError(errno.EAGAIN, "no bytes could be sent now") from None
         except OSError as exc:
@@ -308,8 +344,16 @@ class Transmission:
     def _sendfile(self) -> None:
         plan = self._plan
         while not self.done:
-            n = os.sendfile(plan.dest.fd, plan.src_fd, plan.start + self.sent,
-                            min(self._remaining(), MAX_CALL))
+            count = min(self._remaining(), MAX_CALL)
+            if self._nowait:
+                # Only what is in the page cache: sendfile(2) of the rest
+                # would hold the event loop while the disk reads it.
+                count = _resident(plan.src_fd, plan.start + self.sent,
+                                  min(count, _plan.RESIDENT_WINDOW))
+                if count == 0:
+                    self._wait = (plan.src_fd, _plan.WAIT_DISK)
+                    raise BlockingIOError(errno.EAGAIN, "the file's next bytes are on the disk")
+            n = os.sendfile(plan.dest.fd, plan.src_fd, plan.start + self.sent, count)
             if n == 0:  # EOF: the file is shorter than it was at the start
                 self._finish()
                 break
@@ -321,7 +365,11 @@ class Transmission:
             # Bytes a buffered reader already took from the pipe go first.
             reader = plan.drain
             plan.drain = None
-            held = len(reader.peek())  # b"" at EOF, and from a non-blocking pipe
+            try:
+                held = len(reader.peek())  # b"" at EOF, and from a non-blocking pipe
+            except BlockingIOError:
+                self._wait = (plan.src_fd, _POLLIN)
+                raise
             want = held if self._remaining() < 0 else min(held, self._remaining())
             if want:
                 self._pending = memoryview(reader.read(want))
@@ -346,7 +394,11 @@ class Transmission:
                 if self._pipe is None:
                     self._pipe = _make_pipe()
                 if self._in_pipe == 0:
-                    n = os.splice(plan.src_fd, self._pipe[1], want, flags=_SPLICE_FLAGS)
+                    try:
+                        n = os.splice(plan.src_fd, self._pipe[1], want, flags=_SPLICE_FLAGS)
+                    except BlockingIOError:
+                        self._wait = (plan.src_fd, _POLLIN)  # the source has nothing yet
+                        raise
                     if n == 0:
                         self._finish()
                         break
@@ -418,6 +470,9 @@ class Transmission:
     def _block(self, timeout: Optional[float]) -> None:
         """Wait until the end that stopped the last step is ready again."""
         fd, events = self._wait
+        if events == _plan.WAIT_DISK:
+            self.fetch()  # blocking anyway: read the cold bytes here
+            return
         self._wait = (self._plan.dest.fd, _POLLOUT)
         if fd < 0:
             time.sleep(_plan.BACKOFF)
@@ -457,6 +512,65 @@ def _unread(reader: Any, n: int) -> None:
             reader.seek(-n, os.SEEK_CUR)
     except (AttributeError, OSError, ValueError):
         pass
+
+
+def _resident(fd: int, offset: int, length: int) -> int:
+    """How many bytes of [offset, offset + length) of *fd* are in the page cache.
+
+    Counted from *offset* up to the first page that is not; what
+    fw_resident does in the compiled engine, through mmap(2) and mincore(2)
+    called by ctypes (Python's mmap module does not expose mincore).  A
+    file that cannot be probed counts as resident, so that it is sent as
+    before rather than never.
+    """
+    calls = _memory_calls()
+    if calls is None or length <= 0:
+        return length
+    map_file, mincore, munmap = calls
+    page = mmap.PAGESIZE
+    start = offset - offset % page
+    span = offset + length - start
+    pages = (span + page - 1) // page
+    address = map_file(None, span, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if address in (None, _MAP_FAILED):
+        return length
+    vec = (ctypes.c_ubyte * pages)()
+    rc = mincore(address, span, vec)
+    munmap(address, span)
+    if rc != 0:
+        return length
+    resident = next((i for i, v in enumerate(vec) if not v & 1), pages)
+    if resident == 0 and offset >= os.fstat(fd).st_size:
+        # Past the end of a file that shrank nothing is resident, and
+        # nothing is to be read either: let the send find the end.
+        return length
+    return max(0, min(resident * page - (offset - start), length))
+
+
+_MEMORY_CALLS: Any = False  # not looked up yet
+
+
+def _memory_calls() -> Any:
+    """libc's mmap (with a 64-bit offset), mincore and munmap, or None where not to be had."""
+    global _MEMORY_CALLS
+    if _MEMORY_CALLS is False:
+        _MEMORY_CALLS = None
+        if ctypes is not None and sys.platform != "win32":
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                try:
+                    map_file = libc.mmap64  # a 64-bit offset on 32-bit glibc too
+                except AttributeError:
+                    map_file = libc.mmap    # musl, the BSDs: off_t is 64-bit
+                map_file.restype = ctypes.c_void_p
+                map_file.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                     ctypes.c_int, ctypes.c_int, ctypes.c_int64)
+                libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+                libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+                _MEMORY_CALLS = (map_file, libc.mincore, libc.munmap)
+            except (AttributeError, OSError):
+                pass
+    return _MEMORY_CALLS
 
 
 def _make_pipe() -> tuple[int, int]:

@@ -1,0 +1,172 @@
+"""What a step waits for: the destination, the source, or the disk.
+
+An event loop can only park a transmission on the right thing if the
+transmission says what it is; waiting for writability while the source is
+an empty pipe spins the loop, and sending a file that is not in the page
+cache holds the loop on the disk.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from _support import LINUX, random_bytes, recv_until_eof
+
+DATA = random_bytes(6 * 1024 * 1024 + 5, seed=61)
+
+
+def evict(path: str) -> None:
+    """Drop *path*'s pages from the page cache, as after a reboot or memory pressure."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def resident_pages(path: str) -> int:
+    import mmap
+    from fastwrap import _purepy
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        return _purepy._resident(f.fileno(), 0, min(size, 2 << 20)) // mmap.PAGESIZE
+
+
+@pytest.fixture
+def cold_file(tmp_path):
+    path = str(tmp_path / "cold.bin")
+    with open(path, "wb") as f:
+        f.write(DATA)
+    evict(path)
+    if resident_pages(path):
+        pytest.skip("this filesystem keeps evicted pages resident (no POSIX_FADV_DONTNEED)")
+    return path
+
+
+def test_waiting_is_none_before_any_step_and_when_done(engine):
+    a, b = socket.socketpair()
+    with a, b:
+        tx = engine.Transmission(b"abc", a)
+        assert tx.waiting is None
+        assert tx.send() == 3 and tx.done
+        assert tx.waiting is None
+
+
+def test_full_destination_waits_for_write_on_it(engine):
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        tx = engine.Transmission(DATA, a)
+        tx.send()
+        assert tx.waiting == (a.fileno(), "write")
+        assert tx.waiting.event == "write" and tx.waiting.fd == a.fileno()
+        with pytest.raises(BlockingIOError):
+            tx.send()
+        assert tx.waiting == (a.fileno(), "write")
+        tx.close()
+
+
+@pytest.mark.parametrize("buffering", [0, -1], ids=["raw-pipe", "buffered-pipe"])
+def test_empty_nonblocking_pipe_waits_for_read_on_the_source(engine, buffering):
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    a, b = socket.socketpair()
+    with a, b, open(r, "rb", buffering=buffering) as src:
+        a.setblocking(False)
+        tx = engine.Transmission(src, a, 10, headers=b"H:")
+        try:
+            tx.send()  # the headers leave; the body has nothing yet
+        except BlockingIOError:
+            pass
+        assert tx.waiting == (r, "read"), tx.path
+        with pytest.raises(BlockingIOError):
+            tx.send()
+        assert tx.waiting == (r, "read")
+        os.write(w, b"0123456789")
+        os.close(w)
+        while not tx.done:
+            tx.send()
+        assert tx.waiting is None
+        assert b.recv(100) == b"H:0123456789"
+
+
+@pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")
+def test_nowait_never_sends_a_cold_page_and_fetch_brings_it_in(engine, cold_file):
+    a, b = socket.socketpair()
+    with a, b, open(cold_file, "rb") as f:
+        a.setblocking(False)
+        tx = engine.Transmission(f, a, nowait=True)
+        assert tx.path == "sendfile"
+        with pytest.raises(BlockingIOError):
+            tx.send()  # nothing resident: nothing sent, the disk is not waited for
+        assert tx.sent == 0
+        assert tx.waiting == (f.fileno(), "disk")
+        received = bytearray()
+        fetches = 0
+        while not tx.done:
+            waiting = tx.waiting
+            if waiting is not None and waiting.event == "disk":
+                assert resident_pages(cold_file) == 0 or tx.sent > 0
+                tx.fetch()
+                fetches += 1
+            try:
+                tx.send()
+            except BlockingIOError:
+                pass
+            if tx.waiting is not None and tx.waiting.event == "write":
+                received += b.recv(8 << 20)
+        a.close()
+        received += recv_until_eof(b)
+        assert bytes(received) == DATA
+        assert f.tell() == len(DATA)
+        assert 1 <= fetches <= len(DATA) // (2 << 20) + 2
+
+
+@pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")
+def test_without_nowait_a_cold_file_is_sent_as_before(engine, cold_file):
+    a, b = socket.socketpair()
+    with a, b, open(cold_file, "rb") as f:
+        a.setblocking(False)
+        tx = engine.Transmission(f, a)
+        assert tx.send() > 0 and tx.sent > 0  # read from the disk within the step
+        assert tx.waiting is None or tx.waiting.event == "write"
+        tx.close()
+
+
+@pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")
+def test_nowait_run_fetches_itself_on_a_blocking_socket(engine, cold_file):
+    a, b = socket.socketpair()
+    with a, b, open(cold_file, "rb") as f:
+        import threading
+        got = bytearray()
+        reader = threading.Thread(target=lambda: got.extend(recv_until_eof(b)))
+        reader.start()
+        assert engine.Transmission(f, a, nowait=True).run() == len(DATA)
+        a.close()
+        reader.join(30)
+        assert bytes(got) == DATA
+
+
+@pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")
+def test_nowait_on_a_file_that_shrank_ends_short_instead_of_waiting_forever(
+        engine, tmp_path):
+    path = str(tmp_path / "shrinks.bin")
+    with open(path, "wb") as f:
+        f.write(DATA)
+    a, b = socket.socketpair()
+    with a, b, open(path, "rb") as f:
+        a.setblocking(False)
+        tx = engine.Transmission(f, a, nowait=True)
+        os.truncate(path, 1000)
+        evict(path)
+        steps = 0
+        while not tx.done and steps < 100:
+            steps += 1
+            try:
+                tx.send()
+            except BlockingIOError:
+                pass
+            if tx.waiting is not None and tx.waiting.event == "disk":
+                tx.fetch()
+        assert tx.done and tx.sent == 1000
