@@ -170,3 +170,35 @@ def test_nowait_on_a_file_that_shrank_ends_short_instead_of_waiting_forever(
             if tx.waiting is not None and tx.waiting.event == "disk":
                 tx.fetch()
         assert tx.done and tx.sent == 1000
+
+
+@pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")
+@pytest.mark.parametrize("path", ["readinto", "read"])
+def test_nowait_reads_no_cold_page_on_the_read_paths_either(engine, cold_file, path):
+    import fastwrap
+    fastwrap.disable(*(["sendfile"] if path == "readinto" else ["sendfile", "readinto"]))
+    a, b = socket.socketpair()
+    try:
+        with a, b, open(cold_file, "rb", buffering=0) as f:
+            a.setblocking(False)
+            tx = engine.Transmission(f, a, nowait=True)
+            assert tx.path == path
+            with pytest.raises(BlockingIOError):
+                tx.send()
+            assert tx.waiting == (f.fileno(), "disk") and tx.sent == 0
+            received = bytearray()
+            while not tx.done:
+                if tx.waiting is not None and tx.waiting.event == "disk":
+                    tx.fetch()
+                try:
+                    tx.send()
+                except BlockingIOError:
+                    pass
+                if tx.waiting is not None and tx.waiting.event == "write":
+                    received += b.recv(8 << 20)
+            a.close()
+            received += recv_until_eof(b)
+            assert bytes(received) == DATA
+            assert f.tell() == len(DATA)
+    finally:
+        fastwrap.enable("sendfile", "readinto")

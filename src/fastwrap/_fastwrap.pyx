@@ -245,6 +245,7 @@ cdef class Transmission:
     cdef int _wait_events
     cdef bint _has_sock         # dest is a socket object: its timeout applies
     cdef bint _nowait           # never wait for the disk in a step: report it
+    cdef bint _on_disk          # the source is a regular file: what nowait probes
     cdef object _timeout
     # Set by _adopt_plain_file, which builds no plan: what finishing needs,
     # and what a plan built late (to fall back) is built from.
@@ -328,6 +329,7 @@ cdef class Transmission:
         self._is_socket = True
         self._tls = False
         self._src_is_pipe = False
+        self._on_disk = True
         self._length = length
         self._offset = start
         self._wait_fd = dest_fd
@@ -355,6 +357,7 @@ cdef class Transmission:
         self._is_socket = plan.dest.is_socket
         self._tls = plan.dest.tls
         self._src_is_pipe = _stat.S_ISFIFO(plan.src.mode)
+        self._on_disk = plan.on_disk
         self._length = plan.length
         self._offset = plan.start
         self._wait_fd = self._dest_fd
@@ -386,10 +389,9 @@ cdef class Transmission:
         For a worker thread, when ``waiting.event`` is ``"disk"``; the
         transmission must stay open until it returns.  Does nothing otherwise.
         """
-        cdef int64_t remaining = self._remaining()
         if self.done or not self._blocked or self._wait_events != FW_WAIT_DISK:
             return
-        _plan.fetch(self._src_fd, self._offset, min(remaining, FW_RESIDENT_WINDOW))
+        _plan.fetch(self._src_fd, self._file_position(), self._window())
 
     def send(self):
         """Do one non-blocking step; return the bytes (headers included) it sent.
@@ -513,6 +515,22 @@ cdef class Transmission:
 
     cdef inline int64_t _remaining(self):
         return -1 if self._length < 0 else self._length - self.sent
+
+    cdef inline int64_t _file_position(self):
+        # sendfile(2) moves _offset itself; the other paths start from it.
+        return self._offset if self._path == P_SENDFILE else self._offset + self.sent
+
+    cdef inline int64_t _window(self):
+        """How much of a regular file a nowait step probes, or a fetch reads."""
+        cdef int64_t remaining = self._remaining()
+        return FW_RESIDENT_WINDOW if remaining < 0 else min(remaining, FW_RESIDENT_WINDOW)
+
+    cdef int64_t _resident(self) except -2:
+        """Bytes from the file position that can be read without the disk; 0 = wait for it."""
+        cdef int64_t n = fw_resident(self._src_fd, self._file_position(), self._window())
+        if n == 0:
+            self._would_block(self._src_fd, FW_WAIT_DISK)
+        return n
 
     cdef int _advance(self, int64_t n) except -1:
         self._moved += n
@@ -666,9 +684,8 @@ cdef class Transmission:
             if self._nowait:
                 # Only what is in the page cache: sendfile(2) of the rest
                 # would hold the event loop while the disk reads it.
-                count = fw_resident(self._src_fd, self._offset, min(count, FW_RESIDENT_WINDOW))
+                count = self._resident()
                 if count == 0:
-                    self._would_block(self._src_fd, FW_WAIT_DISK)
                     break
             with nogil:
                 n = fw_sendfile(self._dest_fd, self._src_fd, &self._offset, count)
@@ -770,6 +787,11 @@ cdef class Transmission:
         while not self.done:
             remaining = self._remaining()
             want = chunk_size if remaining < 0 else min(chunk_size, remaining)
+            if self._nowait and self._on_disk:
+                # A read of the rest would hold the event loop on the disk.
+                want = min(want, self._resident())
+                if want == 0:
+                    break
             if use_readinto and self._buffer is None:
                 self._buffer = memoryview(bytearray(chunk_size))
             chunk = _plan.fill(reader, self._buffer, want, remaining)

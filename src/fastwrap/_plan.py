@@ -423,7 +423,7 @@ class Plan:
     __slots__ = (
         "path", "src", "dest", "count", "excluded", "supported",
         "reader", "src_fd", "memory", "start", "length", "keeper",
-        "drain", "drained", "chunk", "blksize",
+        "drain", "drained", "chunk", "blksize", "on_disk",
     )
 
     def __init__(self, source: Any, dest: Any, count: Any,
@@ -448,6 +448,8 @@ class Plan:
         self.blksize = blksize
         self.chunk = min(max(blksize, MIN_CHUNK), MAX_CHUNK)
 
+        # Bytes that may have to come from the disk: what a nowait step probes.
+        self.on_disk = src.kind == Source.FILE and stat.S_ISREG(src.mode)
         if src.kind == Source.FILE:
             if obj.writable():
                 obj.flush()  # unflushed writes are not in the file sendfile reads

@@ -208,9 +208,7 @@ class Transmission:
         """
         if self.done or not self._blocked or self._wait[1] != _plan.WAIT_DISK:
             return
-        plan = self._plan
-        _plan.fetch(plan.src_fd, plan.start + self.sent,
-                    min(self._remaining(), _plan.RESIDENT_WINDOW))
+        _plan.fetch(self._plan.src_fd, self._plan.start + self.sent, self._window())
 
     def send(self) -> int:
         """Do one non-blocking step; return the bytes (headers included) it sent.
@@ -306,6 +304,20 @@ class Transmission:
         length = self._plan.length
         return -1 if length < 0 else length - self.sent
 
+    def _window(self) -> int:
+        """How much of a regular file a nowait step probes, or a fetch reads."""
+        remaining = self._remaining()
+        return _plan.RESIDENT_WINDOW if remaining < 0 else min(remaining, _plan.RESIDENT_WINDOW)
+
+    def _resident(self) -> int:
+        """Bytes from the file position that can be read without the disk; raises if none."""
+        plan = self._plan
+        n = _resident(plan.src_fd, plan.start + self.sent, self._window())
+        if n == 0:
+            self._wait = (plan.src_fd, _plan.WAIT_DISK)
+            raise BlockingIOError(errno.EAGAIN, "the file's next bytes are on the disk")
+        return n
+
     def _send_prefix(self) -> None:
         dest = self._plan.dest
         prefix = self._prefix
@@ -348,11 +360,7 @@ class Transmission:
             if self._nowait:
                 # Only what is in the page cache: sendfile(2) of the rest
                 # would hold the event loop while the disk reads it.
-                count = _resident(plan.src_fd, plan.start + self.sent,
-                                  min(count, _plan.RESIDENT_WINDOW))
-                if count == 0:
-                    self._wait = (plan.src_fd, _plan.WAIT_DISK)
-                    raise BlockingIOError(errno.EAGAIN, "the file's next bytes are on the disk")
+                count = self._resident()
             n = os.sendfile(plan.dest.fd, plan.src_fd, plan.start + self.sent, count)
             if n == 0:  # EOF: the file is shorter than it was at the start
                 self._finish()
@@ -435,6 +443,9 @@ class Transmission:
         while not self.done:
             remaining = self._remaining()
             want = plan.chunk if remaining < 0 else min(plan.chunk, remaining)
+            if self._nowait and plan.on_disk:
+                # A read of the rest would hold the event loop on the disk.
+                want = min(want, self._resident())
             if use_readinto and self._buffer is None:
                 self._buffer = memoryview(bytearray(plan.chunk))
             chunk = _plan.fill(reader, self._buffer, want, remaining)
