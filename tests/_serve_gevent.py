@@ -11,7 +11,9 @@ request log: one line per request, with the byte count) and ``error_log``
 (the child's stderr, where fastwrap logs a short file) paths.
 
 Run as a script, this file *is* the child: ``python _serve_gevent.py APP_REF
-ACCESS_LOG [CERTFILE KEYFILE]``; it prints its port on stdout and serves until terminated.
+ACCESS_LOG FORM [CERTFILE KEYFILE]``; it prints its port on stdout and serves until
+terminated.  FORM is how the server gets fastwrap's handler: ``handler_class``
+(gevent's WSGIServer, told the handler) or ``preset`` (fastwrap.gevent.WSGIServer).
 """
 from __future__ import annotations
 
@@ -52,13 +54,15 @@ def _src_dir() -> str:
 
 @contextlib.contextmanager
 def serve_gevent(app_ref: str, env: Optional[Dict[str, str]] = None,
-                 tls: Optional[Tuple[str, str]] = None) -> Iterator[ServerURL]:
+                 tls: Optional[Tuple[str, str]] = None,
+                 form: str = "handler_class") -> Iterator[ServerURL]:
     """Serve *app_ref* (``"module:attribute"`` importable from tests/) with gevent.
 
     *env* is added to the child's environment (e.g. ``FASTWRAP_NO_EXTENSIONS=1``);
     *tls* = (certfile, keyfile) serves HTTPS (the URL then says https, and
     the launcher's readiness probe is skipped: the caller probes with its
-    own TLS context).
+    own TLS context); *form* is how the server gets fastwrap's handler (see
+    the module's docstring).
     """
     logdir = Path(tempfile.mkdtemp(prefix="fastwrap-gevent-"))
     access_log = logdir / "access.log"
@@ -72,7 +76,7 @@ def serve_gevent(app_ref: str, env: Optional[Dict[str, str]] = None,
     with open(error_log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), app_ref, str(access_log),
-             *(tls or ())],
+             form, *(tls or ())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=child_env)
     try:
         line = proc.stdout.readline()  # the child prints its port once bound
@@ -118,7 +122,7 @@ def _wait_until_answering(url: ServerURL, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def _child(app_ref: str, access_log: str, *tls: str) -> None:
+def _child(app_ref: str, access_log: str, form: str, *tls: str) -> None:
     from gevent import monkey
     monkey.patch_all()
 
@@ -134,8 +138,12 @@ def _child(app_ref: str, access_log: str, *tls: str) -> None:
                         format="%(name)s %(levelname)s %(message)s")
     log = open(access_log, "a", buffering=1)
     ssl_args = {"certfile": tls[0], "keyfile": tls[1]} if tls else {}
-    server = WSGIServer(("127.0.0.1", 0), with_stats(load(app_ref)), log=log,
-                        handler_class=fastwrap.gevent.WSGIHandler, **ssl_args)
+    app = with_stats(load(app_ref))
+    if form == "preset":  # the one-line way in
+        server = fastwrap.gevent.WSGIServer(("127.0.0.1", 0), app, log=log, **ssl_args)
+    else:
+        server = WSGIServer(("127.0.0.1", 0), app, log=log,
+                            handler_class=fastwrap.gevent.WSGIHandler, **ssl_args)
     server.start()
     gevent.signal_handler(signal.SIGTERM, server.stop)
     sys.stdout.write(f"{server.server_port}\n")

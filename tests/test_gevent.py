@@ -7,6 +7,7 @@ which path carried them.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -14,18 +15,20 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 pytest.importorskip("gevent", reason="gevent is in the project's test extra")
 
 from _serve_gevent import HANG, ServerURL, serve_gevent  # noqa: E402
-from _support import random_bytes  # noqa: E402
+from _support import needs_linux, random_bytes  # noqa: E402
 from conftest import import_compiled_engine  # noqa: E402
+from test_waiting import evict, resident_pages  # noqa: E402
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
 needs_curl = pytest.mark.skipif(not Path(CURL).exists(), reason="curl not installed")
@@ -455,6 +458,112 @@ def test_slow_client_does_not_stall_fast_ones(server):
     assert sendfile_delta(middle, after) == (1, len(BIG))
 
 
+# -- the greenlet waits for what its transmission waits for --------------------------------
+
+def server_steps(url: ServerURL, query: str = "") -> Dict[str, int]:
+    """The server's transmission counts (see _gevent_apps.Steps); *query* drives its gate."""
+    status, _, body = get(url, f"/__steps__?{query}")
+    assert status == 200
+    return json.loads(body)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gevent on Windows polls sockets only")
+def test_empty_pipe_parks_the_greenlet_until_it_has_data(server):
+    # A non-blocking pipe that has nothing for half a second: waiting for the
+    # socket to be writable instead would run a step per loop turn meanwhile.
+    before = server_steps(server)
+    status, headers, body = get(server, "/pipe?name=small.bin&size=60000&after=0.5")
+    assert status == 200 and body == SMALL[:60000]
+    sends = server_steps(server)["sends"] - before["sends"]
+    assert 1 <= sends <= 6, f"{sends} steps for one pipe that was empty half a second"
+
+
+class Download(threading.Thread):
+    """GET *target* on a raw connection, keeping everything received until EOF."""
+
+    def __init__(self, url: ServerURL, target: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.target = url, target
+        self.received = b""
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.received = raw_exchange(self.url, f"GET {self.target} HTTP/1.1\r\n"
+                                                   "Host: x\r\nConnection: close\r\n\r\n".encode())
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+COLD = BIG[:3 * 1024 * 1024 + 5]  # two windows of fetch()
+
+
+@pytest.fixture
+def cold(root, request) -> str:
+    """The name, under the server's root, of a file none of which is in the page cache."""
+    name = f"cold-{request.node.name}.bin".replace("[", "-").replace("]", "")
+    path = root / name
+    path.write_bytes(COLD)
+    evict(str(path))
+    if resident_pages(str(path)):
+        pytest.skip("this filesystem keeps evicted pages resident (no POSIX_FADV_DONTNEED)")
+    yield name
+    path.unlink()
+
+
+@contextlib.contextmanager
+def first_fetch_held(url: ServerURL, target: str) -> Iterator[Tuple[Dict[str, int], Download]]:
+    """Download *target* while its first fetch() is held at the server's gate.
+
+    Yields the server's counts from before, and the download under way.  The
+    counts are asked for until they show the fetch held: each answer comes
+    from another greenlet of the same hub, so the last one shows the hub
+    serving while a fetch reads the disk.
+    """
+    before = server_steps(url, "gate=arm")
+    download = Download(url, target)
+    download.start()
+    deadline = time.monotonic() + HANG  # a guard against hanging, never an assertion
+    try:
+        while not server_steps(url)["at_gate"]:
+            assert download.is_alive(), "the download ended without a fetch"
+            assert time.monotonic() < deadline, "no fetch was held at the gate"
+            time.sleep(0.01)
+        yield before, download
+    finally:
+        server_steps(url, "gate=open")
+        download.join(HANG)
+    assert download.error is None
+
+
+@needs_linux
+def test_cold_file_is_fetched_off_the_hub_while_it_serves_others(server, cold):
+    with first_fetch_held(server, f"/file?name={cold}") as (before, download):
+        pass
+    head, _, body = download.received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == COLD
+    after = server_steps(server)
+    fetches = after["fetches"] - before["fetches"]
+    assert fetches >= 1
+    assert after["fetches_off_hub"] - before["fetches_off_hub"] == fetches
+    assert after["fetch_errors"] == before["fetch_errors"]
+
+
+@needs_linux
+def test_greenlet_killed_mid_fetch_keeps_the_file_open_until_the_fetch_returns(server, cold):
+    with first_fetch_held(server, f"/file?name={cold}") as (before, download):
+        server_steps(server, "kill=1")  # as a server stopping with a timeout does
+    assert len(download.received) < len(COLD)
+    deadline = time.monotonic() + HANG
+    while server_steps(server)["closes"] == before["closes"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    after = server_steps(server)
+    assert after["closes"] == before["closes"] + 1
+    # Closed after its fetch returned, which read an open file.
+    assert after["closed_mid_fetch"] == before["closed_mid_fetch"]
+    assert after["fetch_errors"] == before["fetch_errors"]
+
+
 # -- frameworks ------------------------------------------------------------------------
 
 def test_flask_send_file_200_head_304_and_range(server):
@@ -536,8 +645,9 @@ def test_https_is_byte_exact_and_never_takes_sendfile(request, root, tmp_path):
     cert.cert_chain_pems[0].write_to_path(str(certfile))
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
+    # fastwrap.gevent.WSGIServer, the one-line form, which must bring the handler.
     with serve_gevent("_gevent_apps:app", env={"FASTWRAP_TEST_ROOT": str(root)},
-                      tls=(str(certfile), str(keyfile))) as url:
+                      tls=(str(certfile), str(keyfile)), form="preset") as url:
         def https() -> http.client.HTTPSConnection:
             return http.client.HTTPSConnection("127.0.0.1", url.port, timeout=HANG,
                                                context=client_ctx)

@@ -4,8 +4,11 @@ gevent's pywsgi has offered no ``wsgi.file_wrapper`` since 2010 (gevent #33,
 #1738): every file is read into Python and written in chunks.  This module's
 :class:`WSGIHandler` provides fastwrap's :class:`~fastwrap.FileWrapper` and
 sends file responses with a :class:`~fastwrap.Transmission` on the client
-socket (sendfile on plain HTTP), waiting for writability through gevent's
-hub, so a slow client only ever holds its own greenlet::
+socket (sendfile on plain HTTP).  The greenlet waits for whatever holds its
+transmission up: the client socket or an empty non-blocking source on the
+hub, and a file whose next bytes are not in the page cache in gevent's
+threadpool (the hub never reads the disk).  A slow client, a slow pipe or a
+cold file only ever holds its own greenlet::
 
     from gevent.pywsgi import WSGIServer
     import fastwrap.gevent
@@ -31,19 +34,20 @@ it, so it is sent raw and delimited by closing the connection
 from __future__ import annotations
 
 import socket
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import gevent
 from gevent import pywsgi
 from gevent.hub import get_hub
 from gevent.socket import wait as _wait
 
 import fastwrap
 
-from . import serving
+from . import _plan, serving
 
 __all__ = ["WSGIHandler", "WSGIServer"]
 
-_WRITE = 2  # libev/libuv EV_WRITE
+_EVENTS = {"read": 1, "write": 2}  # libev/libuv EV_READ, EV_WRITE
 
 
 class WSGIHandler(pywsgi.WSGIHandler):
@@ -177,17 +181,21 @@ class WSGIHandler(pywsgi.WSGIHandler):
         timeout = self.file_send_timeout
         if timeout is None:
             timeout = sock.gettimeout() or None  # 0 would fail every wait at once
-        tx = fastwrap.Transmission(response.wrapper, sock, framing.count, headers=head)
-        watcher = None
+        # nowait: a step sends only what the page cache holds, and says when
+        # the rest is on the disk, for the threadpool to read in.
+        tx = fastwrap.Transmission(response.wrapper, sock, framing.count, headers=head,
+                                   nowait=True)
+        waits = _Waits(sock.fileno(), timeout)
         moved = 0
         try:
             while not tx.done:
                 try:
                     moved += tx.send()
                 except BlockingIOError:
-                    if watcher is None:
-                        watcher = get_hub().loop.io(sock.fileno(), _WRITE)
-                    _wait(watcher, timeout)
+                    pass
+                wait = tx.waiting  # a step may move bytes and still stop on a wait
+                if wait is not None:
+                    waits.until_ready(tx, wait)
         except socket.error as ex:
             # As pywsgi's _sendall marks a failed write (for its log).
             self.status = "socket error: %s" % ex
@@ -196,9 +204,8 @@ class WSGIHandler(pywsgi.WSGIHandler):
             self.close_connection = True
             raise
         finally:
+            waits.close()  # first: a fetch still under way reads the file
             tx.close()
-            if watcher is not None:
-                watcher.close()
             # A step that fails after moving bytes reports none of them, but
             # tx.sent counts every body byte that left (after all the headers).
             self.response_length += len(head) + tx.sent if tx.sent else moved
@@ -210,6 +217,51 @@ class WSGIHandler(pywsgi.WSGIHandler):
             self.close_connection = True
             return
         super()._send_error_response_if_possible(error_code)
+
+
+class _Waits:
+    """Parks a transmission's greenlet until its next step can make progress.
+
+    A descriptor is waited for on the hub, the disk in the hub's threadpool:
+    the hub's own thread never blocks, whatever the transmission waits for.
+    """
+
+    def __init__(self, dest_fd: int, timeout: Optional[float]) -> None:
+        self._hub = get_hub()
+        self._dest_fd = dest_fd
+        self._timeout = timeout
+        # Per (fd, event): a watcher, reused for every wait, and its timeout's error.
+        self._watchers: Dict[Tuple[int, str], Tuple[Any, OSError]] = {}
+        self._fetching: Any = None  # the threadpool's result while fetch() runs
+
+    def until_ready(self, tx: Any, wait: fastwrap.Wait) -> None:
+        if wait.event == "disk":
+            self._fetching = self._hub.threadpool.spawn(tx.fetch)
+            self._fetching.get()
+            self._fetching = None
+        elif wait.fd < 0:
+            gevent.sleep(_plan.BACKOFF)  # nothing to poll: back off briefly rather than spin
+        else:
+            entry = self._watchers.get(wait)
+            if entry is None:
+                message = _plan.timeout_message(self._timeout, wait.fd == self._dest_fd)
+                entry = (self._hub.loop.io(wait.fd, _EVENTS[wait.event]),
+                         socket.timeout(message))
+                self._watchers[wait] = entry
+            _wait(entry[0], self._timeout, entry[1])
+
+    def close(self) -> None:
+        fetching, self._fetching = self._fetching, None
+        # Interrupted mid-fetch (killed, timed out): the worker thread still
+        # reads the source's descriptor, which must stay open until it is done.
+        while fetching is not None and not fetching.ready():
+            try:
+                fetching.wait()
+            except BaseException:  # interrupted again: the first interruption goes on
+                pass
+        for watcher, _ in self._watchers.values():
+            watcher.close()
+        self._watchers.clear()
 
 
 class WSGIServer(pywsgi.WSGIServer):
