@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from _support import HANG, SRC
+from _support import HANG, SRC, python_m
 
 SERVING = re.compile(
     r"^Serving (?P<root>.+) at http://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)/ "
@@ -61,7 +61,7 @@ class ServeProcess:
     def __init__(self, engine: Any, directory: Optional[Path], *options: str,
                  cwd: Optional[Path] = None, bind: str = "127.0.0.1") -> None:
         self.engine = engine
-        argv = [sys.executable, "-m", "fastwrap", "serve"]
+        argv = python_m("fastwrap", "serve")  # stop() interrupts it
         if directory is not None:
             argv.append(str(directory))
         argv += ["--bind", bind, "--port", "0", *options]

@@ -53,6 +53,19 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
 
 
+#: Code a child runs first, so that SIGINT raises KeyboardInterrupt there.  A
+#: child inherits an ignored SIGINT (the suite started in the background by a
+#: script, or under ``trap '' INT``) and Python then keeps ignoring it, as a
+#: program should: the Ctrl-C tests would send a signal nobody receives.
+CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
+def python_m(module: str, *args: str) -> list:
+    """The argv of ``python -m MODULE ARGS``, which SIGINT interrupts whatever we ignore."""
+    run = f"import runpy; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return [sys.executable, "-c", CTRL_C + run, *args]
+
+
 def run_python(code: str, *, env: Optional[dict] = None, timeout: float = HANG,
                args: Sequence[str] = (), **kwargs: Any) -> subprocess.CompletedProcess:
     """Run *code* in a fresh interpreter that imports fastwrap from src/."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _support import HANG, LINUX, SRC, run_python
+from _support import CTRL_C, HANG, LINUX, SRC, run_python
 from conftest import import_compiled_engine
 
 from fastwrap import _bench
@@ -190,7 +190,7 @@ def _marked_processes(mark: str) -> list[int]:
 def test_ctrl_c_stops_every_child_and_removes_the_files(tmp_path):
     mark = uuid.uuid4().hex
     # Enough rounds that the run is still going when the interrupt comes.
-    proc = subprocess.Popen([sys.executable, "-c", BENCH, "--quick", "--rounds", "50"],
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C + BENCH, "--quick", "--rounds", "50"],
                             env=_bench_env(tmp_path, mark),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     guard = threading.Timer(HANG, proc.kill)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from _support import (ALL_PATHS, LINUX, make_link, needs_linux, open_fds,
+from _support import (ALL_PATHS, CTRL_C, LINUX, make_link, needs_linux, open_fds,
                       random_bytes, run_python)
 
 BIG = random_bytes(16_000_000, seed=80)
@@ -295,7 +295,7 @@ except KeyboardInterrupt:
 @pytest.mark.parametrize("path", ALL_PATHS)
 def test_ctrl_c_interrupts_a_transmission_blocked_on_a_stalled_peer(engine, tmp_path, path):
     try:
-        proc = run_python(CTRL_C_SCRIPT.format(engine=engine.__name__),
+        proc = run_python(CTRL_C + CTRL_C_SCRIPT.format(engine=engine.__name__),
                           args=[path, str(tmp_path / "big.bin")])
     except subprocess.TimeoutExpired:
         pytest.fail("SIGINT did not interrupt the transmission (killed after 60 s)")

@@ -2,7 +2,8 @@
 
 Installing from the sdist where no C compiler works (or with
 FASTWRAP_NO_EXTENSIONS=1 set at build time) must succeed with the
-pure-Python engine and say so in one line.
+pure-Python engine and say so in one line; where the compile failed, the
+first import says it too, since pip shows a build's output only with -v.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTICE = "fastwrap: compiled engine not built"
 OPT_OUT = "fastwrap: FASTWRAP_NO_EXTENSIONS is set"
+IMPORT_NOTICE = "fastwrap: the compiled engine was not built when fastwrap was installed"
 
 pytestmark = pytest.mark.skipif(
     not (ROOT / "pyproject.toml").is_file() or not (ROOT / "src" / "fastwrap").is_dir(),
@@ -48,9 +50,14 @@ def fresh_venv(where: Path) -> Path:
     return where / ("Scripts" if os.name == "nt" else "bin") / "python"
 
 
-def implementation(python: Path) -> str:
-    return run([str(python), "-c", "import fastwrap; print(fastwrap.IMPLEMENTATION)"],
-               cwd=python.parent).stdout.strip()
+def first_import(python: Path, **env: str) -> tuple:
+    """The engine an installed fastwrap uses, and what importing it printed on stderr."""
+    environ = {k: v for k, v in os.environ.items() if k != "FASTWRAP_NO_EXTENSIONS"}
+    proc = subprocess.run([str(python), "-c", "import fastwrap; print(fastwrap.IMPLEMENTATION)"],
+                          env={**environ, **env}, cwd=python.parent, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip(), proc.stderr.strip()
 
 
 def test_sdist_holds_the_sources_and_passes_twine_check(sdist: Path) -> None:
@@ -65,7 +72,7 @@ def test_sdist_holds_the_sources_and_passes_twine_check(sdist: Path) -> None:
 def test_sdist_installs_the_compiled_engine_with_a_compiler(sdist: Path, tmp_path: Path) -> None:
     python = fresh_venv(tmp_path / "venv")
     run([str(python), "-m", "pip", "install", "-q", str(sdist)])
-    assert implementation(python) == "cython"
+    assert first_import(python) == ("cython", "")
     _readme_run_command_serves(python.parent, tmp_path)
 
 
@@ -117,7 +124,12 @@ def test_sdist_installs_pure_python_without_a_compiler(sdist: Path, tmp_path: Pa
     no_compiler = {"CC": "false", "CXX": "false", "LDSHARED": "false"}
     proc = run([str(python), "-m", "pip", "install", "-v", str(sdist)], env=no_compiler)
     assert NOTICE in proc.stdout
-    assert implementation(python) == "python"
+    # pip shows that line only with -v: the first import says it to everyone.
+    engine, printed = first_import(python)
+    assert engine == "python"
+    assert printed.startswith(IMPORT_NOTICE) and "\n" not in printed, printed
+    assert "FASTWRAP_NO_EXTENSIONS=1" in printed
+    assert first_import(python, FASTWRAP_NO_EXTENSIONS="1") == ("python", "")
 
 
 def test_no_extensions_at_build_time_installs_pure_python(sdist: Path, tmp_path: Path) -> None:
@@ -125,7 +137,7 @@ def test_no_extensions_at_build_time_installs_pure_python(sdist: Path, tmp_path:
     proc = run([str(python), "-m", "pip", "install", "-v", str(sdist)],
                env={"FASTWRAP_NO_EXTENSIONS": "1"})
     assert OPT_OUT in proc.stdout
-    assert implementation(python) == "python"
+    assert first_import(python) == ("python", "")  # asked for: nothing to say at import
 
 
 def test_wheel_builds_with_the_extension_and_passes_twine_check(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ environment variable ``FASTWRAP_NO_EXTENSIONS=1`` asks for it.
 import os
 
 from ._paths import PATHS, disable, enable
+from ._paths import log as _log
 from ._plan import Wait
 from ._stats import reset_stats, stats
 from ._version import __version__
@@ -18,6 +19,13 @@ else:
         from . import _fastwrap as _engine  # type: ignore[no-redef]
     except ImportError:
         from . import _purepy as _engine
+
+        # setup.py leaves this note where the compile failed, and pip shows
+        # a successful build's output only with -v: say it here instead.
+        _note = os.path.join(os.path.dirname(__file__), "_not_built.txt")
+        if os.path.isfile(_note):
+            with open(_note, encoding="utf-8") as _f:
+                _log.warning("%s", _f.read().strip())
 
 #: ``"cython"`` or ``"python"``: which engine moves the bytes.
 IMPLEMENTATION: str = _engine.IMPLEMENTATION

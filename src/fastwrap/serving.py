@@ -8,8 +8,11 @@ gevent, asyncio) all ask this module, so each rule is written once:
 
 - the body starts at the file's logical position (``tell()``);
 - at most min(Content-Length, what the file holds from there) bytes leave;
-- with no Content-Length from the application, one is set from the file
-  before the headers go out, so keep-alive stays correct;
+- the application's headers are kept, its Content-Length included; with
+  none from it that parses, one is set from the file before the headers go
+  out, so keep-alive stays correct;
+- the body leaves as the file's bytes, never chunked: with no length known
+  (a pipe), the connection's end is the body's;
 - no body for HEAD, 1xx, 204 and 304;
 - a file that comes up short of what was promised is logged, and the
   connection must be closed rather than left waiting.
@@ -133,7 +136,14 @@ def parse_content_length(value: Optional[str]) -> Optional[int]:
 
 def frame(response: FileResponse, method: str, status: int,
           content_length: Optional[str]) -> Framing:
-    """Decide the framing of *response*; call after ``response.prepare()``."""
+    """Decide the framing of *response*; call after ``response.prepare()``.
+
+    *content_length* is the application's header, None if it gave none; a
+    value that does not parse counts as none.  ``content_length`` in the
+    result is the header to set in place of it, None to keep the headers as
+    they are; ``delimited`` false means the body ends when the connection
+    closes.
+    """
     declared = parse_content_length(content_length)
     available = response.available()
     if response.limit is not None:
