@@ -16,7 +16,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
