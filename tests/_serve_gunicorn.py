@@ -2,7 +2,8 @@
 
 ``with serve_gunicorn("apps_gunicorn:app", worker="gthread") as url:`` starts
 ``python -m gunicorn`` with fastwrap's worker class, waits until it answers,
-and at exit stops it and its workers, leaving nothing running.
+and at exit stops it and its workers, leaving nothing running.  A gunicorn
+that exits before it answers raises :class:`GunicornExited`, with its output.
 
 The listening socket is bound here (port 0, so no race for a free port) and
 handed to gunicorn as ``--bind fd://N``.  The readiness probe is
@@ -53,15 +54,27 @@ def client_tls_context() -> ssl.SSLContext:
     return context
 
 
+class GunicornExited(RuntimeError):
+    """gunicorn exited before it answered; *output* is all it printed."""
+
+    def __init__(self, returncode: int, output: str) -> None:
+        super().__init__(f"gunicorn exited with {returncode}:\n{output[-4000:]}")
+        self.returncode = returncode
+        self.output = output
+
+
 @contextlib.contextmanager
-def serve_gunicorn(app_ref: str, worker: str = "sync", tls: bool = False,
+def serve_gunicorn(app_ref: str, worker: Optional[str] = "sync", tls: bool = False,
                    extra_args: Sequence[str] = (), *,
-                   env: Optional[Dict[str, str]] = None) -> Iterator[str]:
+                   env: Optional[Dict[str, str]] = None,
+                   config: Optional[str] = None) -> Iterator[str]:
     """Run gunicorn serving *app_ref* ("module:attribute" from tests/); yield its base URL.
 
-    *worker* is ``"sync"`` or ``"gthread"`` (fastwrap's worker classes) or a
-    dotted worker class path given to ``-k`` as is.  *env* adds to the
-    server's environment (e.g. ``{"FASTWRAP_NO_EXTENSIONS": "1"}``).
+    *worker* is ``"sync"`` or ``"gthread"`` (fastwrap's worker classes), a
+    dotted worker class path given to ``-k`` as is, or None: no ``-k``, the
+    config file or ``GUNICORN_CMD_ARGS`` names it.  *config* is the text of a
+    ``gunicorn.conf.py`` given to ``--config``.  *env* adds to the server's
+    environment (e.g. ``{"FASTWRAP_NO_EXTENSIONS": "1"}``).
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -72,11 +85,16 @@ def serve_gunicorn(app_ref: str, worker: str = "sync", tls: bool = False,
     with tempfile.TemporaryDirectory(prefix="fastwrap-gunicorn-") as scratch:
         args = [sys.executable, "-m", "gunicorn",
                 "--bind", f"fd://{listener.fileno()}",
-                "--worker-class", WORKERS.get(worker, worker),
                 "--workers", "1",
                 "--chdir", str(TESTS),
                 "--graceful-timeout", "5",
                 "--timeout", "60"]
+        if worker is not None:
+            args += ["--worker-class", WORKERS.get(worker, worker)]
+        if config is not None:
+            config_path = os.path.join(scratch, "gunicorn.conf.py")
+            Path(config_path).write_text(config)
+            args += ["--config", config_path]
         if worker == "gthread":
             args += ["--threads", "4"]
         if tls:
@@ -113,8 +131,8 @@ def _wait_until_answering(process: subprocess.Popen, port: int, tls: bool,
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n"
-                               + Path(output_path).read_text(errors="replace")[-4000:])
+            raise GunicornExited(process.returncode,
+                                 Path(output_path).read_text(errors="replace"))
         try:
             if tls:
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(

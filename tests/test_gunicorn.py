@@ -11,11 +11,11 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import struct
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,10 +24,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 import fastwrap
-from _serve_gunicorn import certificate_authority, client_tls_context, serve_gunicorn
+from _serve_gunicorn import (GunicornExited, certificate_authority, client_tls_context,
+                             serve_gunicorn)
 from _support import random_bytes
 
-pytest.importorskip("gunicorn", reason="gunicorn is in the project's test extra")
+gunicorn = pytest.importorskip("gunicorn", reason="gunicorn is in the project's test extra")
 
 DATA = random_bytes(3_000_000 + 123, seed=3333)
 SIZE = len(DATA)
@@ -44,7 +45,7 @@ KERNEL_PATHS = ("sendfile", "splice")
 
 
 class Server:
-    def __init__(self, url: str, worker: str, logs: Path) -> None:
+    def __init__(self, url: str, worker: Optional[str], logs: Path) -> None:
         self.url = url
         self.worker = worker
         self.host, port = url.rsplit("/", 1)[1].split(":")
@@ -79,8 +80,14 @@ class Server:
         assert len(body) == _header(head, "content-length", 0)
         return head, body
 
-    def stats(self) -> Dict[str, Any]:
-        response, body = self.get("/__stats__")
+    def stats(self, conn: Optional[http.client.HTTPConnection] = None) -> Dict[str, Any]:
+        """fastwrap.stats() of the worker answering (on *conn*: the one holding it)."""
+        if conn is None:
+            response, body = self.get("/__stats__")
+        else:
+            conn.request("GET", "/__stats__")
+            response = conn.getresponse()
+            body = response.read()
         assert response.status == 200
         return json.loads(body)
 
@@ -89,14 +96,15 @@ class Server:
 
 
 
-def _server(tmp_path_factory, data_file: Path, worker: str, tls: bool = False,
-            env: Optional[Dict[str, str]] = None, extra: Tuple[str, ...] = ()):
-    logs = tmp_path_factory.mktemp(f"gunicorn-{worker}")
+def _server(tmp_path_factory, data_file: Path, worker: Optional[str], tls: bool = False,
+            env: Optional[Dict[str, str]] = None, extra: Tuple[str, ...] = (),
+            config: Optional[str] = None):
+    logs = tmp_path_factory.mktemp("gunicorn")
     args = ("--access-logfile", str(logs / "access.log"), "--access-logformat", ACCESS_FORMAT,
             "--error-logfile", str(logs / "error.log"), *extra)
     environ = {"FASTWRAP_TEST_FILE": str(data_file), **(env or {})}
     with serve_gunicorn("apps_gunicorn:app", worker=worker, tls=tls, extra_args=args,
-                        env=environ) as url:
+                        env=environ, config=config) as url:
         yield Server(url, worker, logs)
     shutil.rmtree(logs, ignore_errors=True)
 
@@ -425,6 +433,8 @@ def test_pure_python_engine_in_the_worker(tmp_path_factory, data_file, worker):
         head, body = served.fetch("/file?skip=10")
         assert body == DATA[10:]
         assert _moved(before, served.stats())["sendfile"] == (1, SIZE - 10)
+        _said_once_per_worker(served, 1, _boot_line(SYNC if worker == "sync" else THREAD, 4,
+                                                    engine="python"))
 
 
 @pytest.mark.parametrize("worker", WORKERS)
@@ -531,21 +541,112 @@ def test_whitenoise_is_served_by_sendfile(e2e_root, worker):
         assert _moved(before, served.stats())["sendfile"] == (1, SIZE)
 
 
-def test_thread_worker_boots_only_on_a_gunicorn_that_frames_keep_alive_right(data_file):
-    if GTHREAD_WORKS:
-        with serve_gunicorn("apps_gunicorn:app", worker="gthread",
-                            env={"FASTWRAP_TEST_FILE": str(data_file)}) as url:
-            host, port = url.rsplit("/", 1)[-1].split(":")
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
-            conn.request("GET", "/file")
-            assert conn.getresponse().read() == DATA
-            conn.close()
+# -- naming the worker: whatever the combination, fastwrap is in or gunicorn stops ---------
+
+SYNC = "fastwrap.gunicorn.SyncWorker"
+THREAD = "fastwrap.gunicorn.ThreadWorker"
+LOG_LINE = re.compile(r"^\[[^]]*\] \[(\d+)\] \[[A-Z]+\] (.*)$")
+
+
+def _boot_lines(log: str) -> Dict[str, List[str]]:
+    """Per worker gunicorn booted (its pid): the lines fastwrap logged from it."""
+    said: Dict[str, List[str]] = {}
+    for line in log.splitlines():
+        match = LOG_LINE.match(line)
+        if match is None:
+            continue
+        pid, message = match.groups()
+        if message.startswith("Booting worker with pid: "):
+            said.setdefault(message.rsplit(" ", 1)[1], [])
+        elif message.startswith("fastwrap: "):
+            said.setdefault(pid, []).append(message)
+    return said
+
+
+def _boot_line(worker_class: str, threads: int = 1, engine: str = fastwrap.IMPLEMENTATION) -> str:
+    line = (f"fastwrap: file responses leave through fastwrap ({engine} engine), "
+            f"worker class {worker_class}")
+    if worker_class == THREAD:
+        line += f", {threads} thread{'s' if threads != 1 else ''}"
+    return line
+
+
+def _said_once_per_worker(server: Server, workers: int, line: str) -> None:
+    def said() -> Dict[str, List[str]]:
+        return _boot_lines(server.error_log.read_text())
+
+    # The first worker up answers the readiness probe; the others may still be booting.
+    _eventually(lambda: sum(map(len, said().values())), workers)
+    assert list(said().values()) == [[line]] * workers
+
+
+def test_each_worker_says_once_at_boot_that_fastwrap_is_in(server):
+    expected = _boot_line(SYNC) if server.worker == "sync" else _boot_line(THREAD, 4)
+    _said_once_per_worker(server, 1, expected)
+
+
+# (worker on the command line, more arguments, gunicorn.conf.py, GUNICORN_CMD_ARGS,
+#  the worker class that runs, its threads)
+NAMINGS = {
+    "cli-ThreadWorker-threads-1": (THREAD, ("--threads", "1"), None, None, THREAD, 1),
+    "conf-SyncWorker-by-name": (None, (), f"worker_class = {SYNC!r}\n", None, SYNC, 1),
+    # gunicorn swaps a *name* ending in "SyncWorker" for its own gthread when
+    # threads > 1 (see the next test); the class itself it leaves alone.
+    "conf-SyncWorker-class-threads-4": (
+        None, (), "from fastwrap.gunicorn import SyncWorker\n"
+                  "worker_class = SyncWorker\nthreads = 4\n", None, THREAD, 4),
+    "conf-ThreadWorker-threads-2-workers-2": (
+        None, ("--workers", "2"), f"worker_class = {THREAD!r}\nthreads = 2\n", None, THREAD, 2),
+    "GUNICORN_CMD_ARGS-ThreadWorker-threads-3": (
+        None, (), None, f"--worker-class {THREAD} --threads 3", THREAD, 3),
+}
+
+
+@pytest.mark.parametrize("naming", list(NAMINGS))
+def test_fastwrap_carries_the_file_whatever_names_the_worker(tmp_path_factory, data_file,
+                                                             naming):
+    worker, extra, config, cmd_args, runs, threads = NAMINGS[naming]
+    env = {} if cmd_args is None else {"GUNICORN_CMD_ARGS": cmd_args}
+    if runs == THREAD and not GTHREAD_WORKS:
+        # An older gunicorn: one line says why, and gunicorn stops before any worker.
+        with pytest.raises(GunicornExited) as info:
+            for _ in _server(tmp_path_factory, data_file, worker, env=env, extra=extra,
+                             config=config):
+                pass
+        assert info.value.returncode != 0
+        assert "Traceback" not in info.value.output
+        errors = [line for line in info.value.output.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1
+        assert f"needs gunicorn >= 27, found {gunicorn.__version__}: " in errors[0]
         return
-    # An older gunicorn: the worker says why it will not run, and gunicorn stops.
-    proc = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-k", "fastwrap.gunicorn.ThreadWorker",
-         "--bind", "127.0.0.1:0", "--chdir", str(Path(__file__).resolve().parent),
-         "apps_gunicorn:app"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "ThreadWorker needs gunicorn >= 27" in proc.stdout
+    for served in _server(tmp_path_factory, data_file, worker, env=env, extra=extra,
+                          config=config):
+        # One connection: with gthread it stays with one worker, whose counters these are.
+        conn = served.connection()
+        try:
+            before = served.stats(conn)
+            conn.request("GET", "/file?skip=10")
+            sock = conn.sock
+            assert conn.getresponse().read() == DATA[10:]
+            after = served.stats(conn)
+            # gthread kept the connection; gunicorn's sync worker closes after each response.
+            assert (conn.sock is sock) == (runs == THREAD)
+        finally:
+            conn.close()
+        assert _moved(before, after)["sendfile"] == (1, SIZE - 10)
+        _said_once_per_worker(served, 2 if "--workers" in extra else 1,
+                              _boot_line(runs, threads))
+
+
+def test_gunicorn_swaps_a_worker_named_sync_worker_for_its_gthread_before_importing_it(
+        tmp_path_factory, data_file):
+    # What the README warns of: gunicorn decides by the name alone, so fastwrap
+    # is never imported and cannot object; only its missing boot line shows it.
+    for served in _server(tmp_path_factory, data_file, SYNC, extra=("--threads", "4")):
+        before = served.stats()
+        head, body = served.fetch("/file?cl=1000")
+        assert body == DATA[:1000]
+        assert _moved(before, served.stats()) == {p: (0, 0) for p in fastwrap.PATHS}
+        log = served.error_log.read_text()
+        assert "Using worker: gthread" in log
+        assert list(_boot_lines(log).values()) == [[]]  # one worker, and fastwrap silent

@@ -6,8 +6,11 @@ Turn it on by naming the worker class::
     gunicorn -k fastwrap.gunicorn.ThreadWorker --threads 8 app:app   # gthread
 
 (or ``worker_class = "fastwrap.gunicorn.ThreadWorker"`` in a config file).
-Everything else is gunicorn's own worker: its request loop, keep-alive,
-HTTP/2, TLS, timeouts, hooks and logs are untouched.
+With ``--threads`` > 1 name ThreadWorker: gunicorn replaces a worker class
+named "...SyncWorker" by its own gthread then (see :class:`SyncWorker`).
+Each worker says at boot, in gunicorn's log, that fastwrap is in and which
+engine and class run.  Everything else is gunicorn's own worker: its request
+loop, keep-alive, HTTP/2, TLS, timeouts, hooks and logs are untouched.
 
 What changes: ``environ['wsgi.file_wrapper']`` is :class:`fastwrap.FileWrapper`,
 and a result that is a file response (fastwrap's or the stdlib's FileWrapper,
@@ -60,10 +63,46 @@ class _Worker:
         if self.cfg.sendfile is False:  # type: ignore[attr-defined]
             fastwrap.disable("sendfile", "splice")  # this worker process only
         _log_to(self.log)  # type: ignore[attr-defined]
+        # Info, so that a default run shows it: its absence is the only sign
+        # of a worker class gunicorn chose in fastwrap's place (see SyncWorker).
+        worker_class = f"{type(self).__module__}.{type(self).__qualname__}"
+        if isinstance(self, gthread.ThreadWorker):
+            threads = self.cfg.threads  # type: ignore[attr-defined]
+            worker_class += f", {threads} thread{'' if threads == 1 else 's'}"
+        self.log.info(  # type: ignore[attr-defined]
+            "fastwrap: file responses leave through fastwrap (%s engine), worker class %s",
+            fastwrap.IMPLEMENTATION, worker_class)
 
 
 class SyncWorker(_Worker, sync.SyncWorker):
-    """gunicorn's ``sync`` worker, sending file responses through fastwrap."""
+    """gunicorn's ``sync`` worker, sending file responses through fastwrap.
+
+    With ``threads`` > 1 it runs as :class:`ThreadWorker`, as gunicorn runs its
+    own ``sync`` as ``gthread``.  gunicorn makes that swap itself, before any
+    import, for a worker class *named* by a string ending in "SyncWorker": so
+    ``-k fastwrap.gunicorn.SyncWorker --threads 4`` runs gunicorn's stock
+    gthread, without fastwrap.  Only the class itself (``worker_class =
+    SyncWorker`` in a config file) reaches this one with ``threads`` > 1.
+    Subclasses run as they are.
+    """
+
+    def __new__(cls, age: Any, ppid: Any, sockets: Any, app: Any, timeout: Any, cfg: Any,
+                log: Any) -> Any:
+        if cls._threaded(cfg):
+            return ThreadWorker(age, ppid, sockets, app, timeout, cfg, log)
+        return super().__new__(cls)
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        if cls._threaded(cfg):
+            _refuse_an_older_gunicorn(
+                f"fastwrap.gunicorn.SyncWorker with threads = {cfg.threads} runs as "
+                "fastwrap.gunicorn.ThreadWorker, which needs", "set threads = 1")
+            ThreadWorker.check_config(cfg, log)
+
+    @classmethod
+    def _threaded(cls, cfg: Any) -> bool:
+        return cls is SyncWorker and cfg.threads > 1
 
 
 # Older gthread workers mis-frame keep-alive responses by themselves (a body
@@ -75,16 +114,29 @@ _VERSION = tuple(int(part) for part in re.findall(r"\d+", gunicorn.__version__)[
 class ThreadWorker(_Worker, gthread.ThreadWorker):
     """gunicorn's ``gthread`` worker, sending file responses through fastwrap.
 
-    Needs gunicorn 27 or later; with an older gunicorn it refuses to boot.
+    Runs with any ``threads``, 1 included.  Needs gunicorn 27 or later; with an
+    older gunicorn it stops gunicorn at boot with one line saying so.
     """
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        # Raised here, gunicorn prints the message alone and exits.
+        _refuse_an_older_gunicorn()
+        super().check_config(cfg, log)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if _VERSION < GTHREAD_MINIMUM:
-            raise RuntimeError(
-                f"fastwrap.gunicorn.ThreadWorker needs gunicorn >= 27, found "
-                f"{gunicorn.__version__}: older gthread workers mis-frame keep-alive "
-                "responses; use fastwrap.gunicorn.SyncWorker")
+        # gunicorn reloading its configuration (SIGHUP) skips check_config().
+        _refuse_an_older_gunicorn()
         super().__init__(*args, **kwargs)
+
+
+def _refuse_an_older_gunicorn(
+        needs: str = "fastwrap.gunicorn.ThreadWorker needs",
+        fix: str = "use fastwrap.gunicorn.SyncWorker with threads = 1") -> None:
+    if _VERSION < GTHREAD_MINIMUM:
+        raise RuntimeError(
+            f"{needs} gunicorn >= 27, found {gunicorn.__version__}: older gthread workers "
+            f"mis-frame keep-alive responses; with this gunicorn, {fix}")
 
 
 def _serve_files_with_fastwrap(app: Callable[..., Any]) -> Callable[..., Any]:
