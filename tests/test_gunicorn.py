@@ -545,6 +545,7 @@ def test_whitenoise_is_served_by_sendfile(e2e_root, worker):
 
 SYNC = "fastwrap.gunicorn.SyncWorker"
 THREAD = "fastwrap.gunicorn.ThreadWorker"
+WORKER = "fastwrap.gunicorn.Worker"
 LOG_LINE = re.compile(r"^\[[^]]*\] \[(\d+)\] \[[A-Z]+\] (.*)$")
 
 
@@ -588,6 +589,10 @@ def test_each_worker_says_once_at_boot_that_fastwrap_is_in(server):
 # (worker on the command line, more arguments, gunicorn.conf.py, GUNICORN_CMD_ARGS,
 #  the worker class that runs, its threads)
 NAMINGS = {
+    "cli-Worker": (WORKER, (), None, None, WORKER, 1),  # one thread: sync, as itself
+    "cli-Worker-threads-4": (WORKER, ("--threads", "4"), None, None, THREAD, 4),
+    "conf-Worker-by-name-threads-4": (None, (), f"worker_class = {WORKER!r}\nthreads = 4\n",
+                                      None, THREAD, 4),
     "cli-ThreadWorker-threads-1": (THREAD, ("--threads", "1"), None, None, THREAD, 1),
     "conf-SyncWorker-by-name": (None, (), f"worker_class = {SYNC!r}\n", None, SYNC, 1),
     # gunicorn swaps a *name* ending in "SyncWorker" for its own gthread when

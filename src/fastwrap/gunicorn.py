@@ -2,13 +2,16 @@
 
 Turn it on by naming the worker class::
 
-    gunicorn -k fastwrap.gunicorn.SyncWorker app:app
-    gunicorn -k fastwrap.gunicorn.ThreadWorker --threads 8 app:app   # gthread
+    gunicorn -k fastwrap.gunicorn.Worker app:app               # sync
+    gunicorn -k fastwrap.gunicorn.Worker --threads 8 app:app   # gthread
 
-(or ``worker_class = "fastwrap.gunicorn.ThreadWorker"`` in a config file).
-With ``--threads`` > 1 name ThreadWorker: gunicorn replaces a worker class
-named "...SyncWorker" by its own gthread then (see :class:`SyncWorker`).
-Each worker says at boot, in gunicorn's log, that fastwrap is in and which
+(or ``worker_class = "fastwrap.gunicorn.Worker"`` in a config file).
+:class:`Worker` is gunicorn's ``sync`` worker with one thread and its
+``gthread`` with more, as gunicorn's own default is.  :class:`SyncWorker` and
+:class:`ThreadWorker` name one of the two; but gunicorn replaces a worker
+class *named* "...SyncWorker" by its stock gthread when threads > 1, before
+importing anything of fastwrap's (see :class:`SyncWorker`), which is why the
+name to give is ``Worker``.  Each worker says at boot, in gunicorn's log, that fastwrap is in and which
 engine and class run.  Everything else is gunicorn's own worker: its request
 loop, keep-alive, HTTP/2, TLS, timeouts, hooks and logs are untouched.
 
@@ -51,7 +54,7 @@ import fastwrap
 
 from . import serving
 
-__all__ = ["SyncWorker", "ThreadWorker"]
+__all__ = ["SyncWorker", "ThreadWorker", "Worker"]
 
 
 class _Worker:
@@ -96,13 +99,22 @@ class SyncWorker(_Worker, sync.SyncWorker):
     def check_config(cls, cfg: Any, log: Any) -> None:
         if cls._threaded(cfg):
             _refuse_an_older_gunicorn(
-                f"fastwrap.gunicorn.SyncWorker with threads = {cfg.threads} runs as "
+                f"fastwrap.gunicorn.{cls.__name__} with threads = {cfg.threads} runs as "
                 "fastwrap.gunicorn.ThreadWorker, which needs", "set threads = 1")
             ThreadWorker.check_config(cfg, log)
 
     @classmethod
     def _threaded(cls, cfg: Any) -> bool:
-        return cls is SyncWorker and cfg.threads > 1
+        return (cls is SyncWorker or cls is Worker) and cfg.threads > 1
+
+
+class Worker(SyncWorker):
+    """fastwrap's gunicorn worker: ``sync`` with one thread, ``gthread`` with more.
+
+    What ``-k fastwrap.gunicorn.SyncWorker`` would be if gunicorn did not
+    swap that name for its stock gthread when threads > 1: a name that does
+    not end in "SyncWorker" reaches fastwrap whatever ``--threads`` says.
+    """
 
 
 # Older gthread workers mis-frame keep-alive responses by themselves (a body
