@@ -82,6 +82,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import types
 import warnings
 from typing import Any, Callable, Coroutine, Dict, List, Optional, Set, Tuple, cast
@@ -89,7 +90,41 @@ from typing import Any, Callable, Coroutine, Dict, List, Optional, Set, Tuple, c
 import fastwrap
 from fastwrap import serving
 from fastwrap.asyncio import _writable
-from uvicorn.protocols.http import h11_impl
+
+#: What installs this module's dependencies.
+_INSTALL = "pip install 'fastwrap[uvicorn]'"
+
+
+class _MissingDependency(ModuleNotFoundError):
+    """Something fastwrap.uvicorn needs is not installed."""
+
+
+def _missing(what: str, module: str, install: str = _INSTALL) -> _MissingDependency:
+    """The error for *what* without *module*: uncaught, its one line is all that is printed.
+
+    uvicorn resolves ``--http`` deep in its own startup, where a traceback
+    would be some fifty lines of uvicorn and click above the one that matters.
+    """
+    previous = sys.excepthook
+    if not getattr(previous, "fastwrap_missing", False):
+        def excepthook(kind: Any, value: Any, traceback: Any) -> None:
+            if isinstance(value, _MissingDependency):
+                print(value, file=sys.stderr)
+            else:
+                previous(kind, value, traceback)
+
+        excepthook.fastwrap_missing = True  # type: ignore[attr-defined]
+        sys.excepthook = excepthook
+    return _MissingDependency(f"{what} needs {module}, which is not installed: {install}",
+                              name=module)
+
+
+try:
+    from uvicorn.protocols.http import h11_impl
+except ModuleNotFoundError as exc:
+    if exc.name != "uvicorn":
+        raise
+    raise _missing("fastwrap.uvicorn", "uvicorn") from None
 
 try:
     from uvicorn.protocols.http import httptools_impl
@@ -691,8 +726,10 @@ if httptools_impl is not None:
 
 def __getattr__(name: str) -> Any:
     if name == "HttpToolsProtocol":
-        raise AttributeError("fastwrap.uvicorn.HttpToolsProtocol needs httptools "
-                             "(pip install httptools), or use fastwrap.uvicorn:H11Protocol")
+        # An ImportError, not an AttributeError: uvicorn's --http would say
+        # only that the attribute was not found.
+        raise _missing("fastwrap.uvicorn:HttpToolsProtocol", "httptools",
+                       f"{_INSTALL} (or name fastwrap.uvicorn:H11Protocol)")
     if name == "UvicornWorker":
         return _worker_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -703,9 +740,15 @@ def _worker_class() -> type:
     try:  # the uvicorn-worker package, where uvicorn's own worker class moved
         module = importlib.import_module("uvicorn_worker")
     except ImportError:
-        with warnings.catch_warnings():  # uvicorn.workers says to use uvicorn-worker
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = importlib.import_module("uvicorn.workers")
+        try:
+            with warnings.catch_warnings():  # uvicorn.workers says to use uvicorn-worker
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = importlib.import_module("uvicorn.workers")
+        except ModuleNotFoundError as exc:
+            # No gunicorn, or a uvicorn without the worker class it moved out.
+            needed = "gunicorn" if exc.name == "gunicorn" else "uvicorn-worker"
+            raise _missing("fastwrap.uvicorn.UvicornWorker", needed,
+                           f"pip install {needed}") from None
     Base: Any = module.UvicornWorker
     protocol = "HttpToolsProtocol" if httptools_impl is not None else "H11Protocol"
     kwargs = dict(Base.CONFIG_KWARGS, http=f"fastwrap.uvicorn:{protocol}")
