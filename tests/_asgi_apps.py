@@ -2,12 +2,16 @@
 
 ``app`` dispatches on the path's first segment:
 
-- ``/fastapi/...``: a FastAPI app (``FileResponse`` from a route);
+- ``/fastapi/...``: a FastAPI app (``FileResponse`` from a route, by an
+  absolute path or one relative to the working directory);
 - ``/raw/...``: a bare ASGI app using ``http.response.zerocopysend`` and
-  ``http.response.pathsend`` directly, with the cases Starlette never sends;
+  ``http.response.pathsend`` directly, with the cases Starlette never sends
+  (and ``/raw/fail``, failing before it starts a response: uvicorn's own 500);
 - anything else: a Starlette app (``FileResponse``, ``StaticFiles`` with its
   304 and Range answers, and a few non-file responses to compare with stock
-  uvicorn).
+  uvicorn); ``/stale/...`` answers a ``FileResponse`` given the stat of
+  another file, as if the file had changed after Starlette looked at it
+  (StaticFiles passes its own stat the same way).
 
 ``GET /__stats__`` answers this process's ``fastwrap.stats()`` plus what the
 raw app observed (disconnects reported by ``receive()``, file positions).
@@ -44,6 +48,16 @@ async def file_route(request: Request) -> Response:
     return FileResponse(_file(request.path_params["name"]))
 
 
+async def relative_route(request: Request) -> Response:
+    return FileResponse(request.path_params["name"])  # as FastAPI's docs write it
+
+
+async def stale_route(request: Request) -> Response:
+    """The file as Starlette saw it (``?stat=``) is not the file sent."""
+    seen = os.stat(_file(request.query_params.get("stat", "data.bin")))
+    return FileResponse(_file(request.path_params["name"]), stat_result=seen)
+
+
 async def plain(request: Request) -> Response:
     return PlainTextResponse("hello from uvicorn\n")
 
@@ -61,6 +75,8 @@ async def echo(request: Request) -> Response:
 
 starlette_app = Starlette(routes=[
     Route("/file/{name}", file_route, methods=["GET", "HEAD"]),
+    Route("/rel/{name}", relative_route),
+    Route("/stale/{name}", stale_route),
     Route("/plain", plain, methods=["GET", "HEAD"]),
     Route("/stream", stream),
     Route("/echo", echo, methods=["POST"]),
@@ -76,6 +92,11 @@ fastapi_app = FastAPI()
 @fastapi_app.get("/fastapi/file/{name}")
 async def fastapi_file(name: str) -> FileResponse:
     return FileResponse(_file(name))
+
+
+@fastapi_app.get("/fastapi/rel/{name}")
+async def fastapi_relative(name: str) -> FileResponse:
+    return FileResponse(name)
 
 
 # -- a bare ASGI app using the extensions ----------------------------------------------------
@@ -143,11 +164,16 @@ async def raw_mixed(scope: Dict[str, Any], receive: Callable, send: Callable) ->
 
 
 async def raw_pathsend(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
-    """pathsend with the Content-Length the query says ("none": no header)."""
+    """pathsend with the Content-Length the query says ("none": no header).
+
+    ``flush=1`` sends an empty body message first, which puts the head on the wire.
+    """
     q = _query(scope)
     path = _file(q.get("name", "data.bin"))
-    length = q.get("cl", str(os.path.getsize(path)))
+    length = q.get("cl") or str(os.path.getsize(path))
     await send(_head(None if length == "none" else length))
+    if q.get("flush"):
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
     await send({"type": "http.response.pathsend",
                 "path": q["name"] if q.get("relative") else path})
 
@@ -170,6 +196,10 @@ async def raw_scope(scope: Dict[str, Any], receive: Callable, send: Callable) ->
     await send({"type": "http.response.body", "body": body})
 
 
+async def raw_fail(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    raise RuntimeError("the application failed before starting its response")
+
+
 RAW: Dict[str, Callable] = {
     "/raw/zerocopy": raw_zerocopy,
     "/raw/descriptor": raw_descriptor,
@@ -177,6 +207,7 @@ RAW: Dict[str, Callable] = {
     "/raw/pathsend": raw_pathsend,
     "/raw/disconnect": raw_disconnect,
     "/raw/scope": raw_scope,
+    "/raw/fail": raw_fail,
 }
 
 

@@ -12,6 +12,7 @@ Content-Length, chunks, what follows a response, where the server closed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -235,11 +236,13 @@ uvicorn.run("_asgi_apps:app", **kwargs)
 def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
                   engine: str = "c", data_dir: Optional[Path] = None,
                   tls: Optional[Any] = None, programmatic: bool = False,
-                  app_ref: str = "_asgi_apps:app") -> Iterator[Server]:
-    """Run uvicorn serving *app_ref*; yield a :class:`Server`.
+                  app_ref: str = "_asgi_apps:app", cwd: Optional[Path] = None,
+                  file_permissions: bool = False) -> Iterator[Server]:
+    """Run uvicorn serving *app_ref* in *cwd* (default: this directory); yield a :class:`Server`.
 
     *tls* is a trustme CA: the server gets a certificate it issued, and the
-    client side trusts it.
+    client side trusts it.  *file_permissions*: the server is denied files
+    their mode denies it, even when it runs as root (see :func:`_obey_file_modes`).
     """
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fastwrap-uvicorn-") as scratch:
@@ -272,14 +275,36 @@ def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
             environ["FASTWRAP_TEST_DIR"] = str(data_dir)
         log = Path(scratch) / "server.log"
         with open(log, "wb") as output:
-            process = subprocess.Popen(args, cwd=TESTS, env=environ, stdout=output,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(args, cwd=cwd or TESTS, env=environ, stdout=output,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=_obey_file_modes if file_permissions else None)
         server = Server(port, process, log, client_context)
         try:
             _wait_until_answering(server)
             yield server
         finally:
             _stop(process)
+
+
+#: capabilities(7): what lets root read and search whatever the file modes say.
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+_PR_CAPBSET_DROP = 24
+
+
+def _obey_file_modes() -> None:
+    """In the child before exec: as root, give up reading past file modes.
+
+    Dropped from the bounding set, the two capabilities are not granted again
+    when the server's program is executed, so a file of mode 000 is as
+    unreadable to it as to any other user.  Any other user obeys modes anyway.
+    """
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"prctl(PR_CAPBSET_DROP): {os.strerror(error)}")
 
 
 def _wait_until_answering(server: Server) -> None:

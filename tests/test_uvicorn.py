@@ -10,10 +10,15 @@ took.
 The byte-exact cases run on the whole matrix (both engines, both parsers,
 asyncio's loop and uvloop); concurrency, disconnects and the rest on a
 sample of it that still covers both loops, parsers and engines.
+
+The servers run in the data directory (so that relative paths resolve
+there) and obey file modes even as root (so that a mode-000 file is
+unreadable to them).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -66,6 +71,8 @@ FULL = [_combo(e, h, lp) for e in ("c", "pure") for h in ("httptools", "h11")
 #: Both loops, both parsers, both engines, in three servers.
 SAMPLE = [p for p in FULL if p.id in ("c-httptools-asyncio", "c-h11-uvloop",
                                       "pure-httptools-uvloop")]
+#: The sample and the fourth engine x parser pair.
+PAIRS = SAMPLE + [p for p in FULL if p.id == "pure-h11-asyncio"]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +80,11 @@ def data_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("asgi-data")
     for name, data in FILES.items():
         (directory / name).write_bytes(data)
+    # What a path may name that cannot be sent.
+    (directory / "subdir").mkdir()
+    os.mkfifo(directory / "fifo")
+    (directory / "locked.bin").write_bytes(SMALL)
+    (directory / "locked.bin").chmod(0)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -82,7 +94,8 @@ def server(request, data_dir):
     """fastwrap's protocol in uvicorn; the h11 ones started by uvicorn.run(http=class)."""
     engine, http, loop = request.param.split("-")
     with serve_uvicorn(http=f"fastwrap-{http}", loop=loop, engine=engine, data_dir=data_dir,
-                       programmatic=http == "h11") as started:
+                       programmatic=http == "h11", cwd=data_dir,
+                       file_permissions=True) as started:
         info = started.stats()
         assert info["implementation"] == ("cython" if engine == "c" else "python")
         yield started
@@ -200,26 +213,6 @@ def test_pathsend_framing(server):
 
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
-def test_short_file_closes_the_connection(server):
-    with server.connect() as conn:
-        conn.send_request("GET", f"/raw/pathsend?name=small.bin&cl={len(SMALL) + 1000}")
-        response = conn.read_response()
-        assert not response.complete and response.body == SMALL
-        assert conn.eof
-    assert "the file ended after 4099 of 5099 body bytes" in server.log_text()
-    assert server.request("GET", "/plain").status == 200
-
-
-@pytest.mark.parametrize("server", SAMPLE, indirect=True)
-def test_relative_pathsend_is_an_application_error(server):
-    with server.connect() as conn:
-        conn.send_request("GET", "/raw/pathsend?name=data.bin&relative=1")
-        response = conn.read_response()
-        assert response.status == 200 and not response.complete and conn.eof
-    assert "needs an absolute path" in server.log_text()
-
-
-@pytest.mark.parametrize("server", SAMPLE, indirect=True)
 def test_extensions_advertised_on_http_1_1_only(server):
     one_one = json.loads(server.request("GET", "/raw/scope").body)
     assert one_one["extensions"] == ["http.response.pathsend", "http.response.zerocopysend"]
@@ -228,6 +221,80 @@ def test_extensions_advertised_on_http_1_1_only(server):
         one_zero = json.loads(conn.read_response().body)
     assert one_zero["http_version"] == "1.0" and one_zero["extensions"] == []
     assert "fastwrap: plain HTTP/1.1 connection" in server.log_text()
+
+
+# -- files that turn out unusable ------------------------------------------------------------
+
+def answer(server: Server, target: str) -> bytes:
+    """All the server writes for one GET of *target*, until it closes, without its Date."""
+    with server.connect() as conn:
+        conn.send_request("GET", target)
+        raw = conn.read_to_eof()
+    return b"\r\n".join(line for line in raw.split(b"\r\n")
+                         if not line.lower().startswith(b"date: "))
+
+
+@pytest.mark.parametrize("server", PAIRS, indirect=True)
+@pytest.mark.parametrize("target", ["/rel/data.bin", "/fastapi/rel/data.bin",
+                                    "/raw/pathsend?name=data.bin&relative=1"])
+def test_relative_paths_resolve_in_the_working_directory(server, target):
+    before = server.stats()
+    response, = exchange(server, [("GET", target, [])])
+    assert response.status == 200 and response.body == DATA
+    assert moved(before, server.stats()) == {ZERO_COPY: (1, len(DATA))}
+
+
+#: Files found unusable when the body is to leave, the head still held back.
+UNUSABLE = {
+    "/file/locked.bin": "Permission denied",             # mode 000: Starlette's stat works
+    "/stale/missing.bin": "No such file or directory",   # gone since Starlette's stat
+    "/stale/subdir": "is not a regular file",            # replaced by a directory
+    "/stale/fifo": "is not a regular file",              # ... by a FIFO, never opened
+    "/stale/small.bin?stat=data.bin": "the file holds 4099 bytes",  # shrank since
+    f"/raw/pathsend?name=small.bin&cl={len(SMALL) + 1000}": "the file holds 4099 bytes",
+}
+
+
+@pytest.mark.parametrize("server", PAIRS, indirect=True)
+@pytest.mark.parametrize("target", list(UNUSABLE))
+def test_unusable_file_before_the_first_byte_is_uvicorns_500(server, target):
+    failed = answer(server, "/raw/fail")  # uvicorn's answer to an application that failed
+    assert failed.startswith(b"HTTP/1.1 500 ")
+    logged = len(server.log_text())
+    assert answer(server, target) == failed
+    assert UNUSABLE[target] in server.log_text()[logged:]
+    assert server.request("GET", "/file/small.bin").body == SMALL
+
+
+@pytest.mark.parametrize("server", PAIRS, indirect=True)
+@pytest.mark.parametrize("query", ["name=missing.bin&cl=10", "name=subdir&cl=10",
+                                   f"name=small.bin&cl={len(SMALL) + 1000}"])
+def test_unusable_file_after_the_head_left_closes_with_nothing_more(server, query):
+    with server.connect() as conn:
+        conn.send_request("GET", f"/raw/pathsend?{query}&flush=1")
+        response = conn.read_response()
+        assert response.status == 200 and response.body == b"" and not response.complete
+        assert conn.eof
+    assert server.request("GET", "/file/small.bin").body == SMALL
+
+
+@pytest.mark.parametrize("server", PAIRS, indirect=True)
+def test_file_shrinking_mid_body_closes_the_connection(server, data_dir):
+    name = "shrinking.bin"
+    path = data_dir / name
+    path.write_bytes(BIG)
+    try:
+        with server.connect(rcvbuf=16 * 1024) as conn:
+            conn.send_request("GET", f"/file/{name}")
+            first = conn.read(64 * 1024)  # the body has begun; its sender now waits on us
+            os.truncate(path, len(BIG) // 2)
+            head, _, body = (first + conn.read_to_eof()).partition(b"\r\n\r\n")
+    finally:
+        path.unlink()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert f"content-length: {len(BIG)}".encode() in head.lower().split(b"\r\n")
+    assert body == BIG[:len(BIG) // 2], "not closed where the file ended"
+    assert f"the file ended after {len(BIG) // 2} of {len(BIG)}" in server.log_text()
 
 
 # -- slow clients, disconnects ---------------------------------------------------------------
@@ -306,6 +373,7 @@ def test_tls_advertises_and_copies_through_the_transport(combo, data_dir, tls_ca
         assert mixed.body == mixed_expected(DATA)
         assert offset.body == DATA[9:108]
         assert moved(before, server.stats()) == {}  # the engine never saw a TLS socket
+        assert server.request("GET", "/stale/missing.bin").status == 500
         assert "fastwrap: TLS connection" in server.log_text()
 
 
@@ -323,7 +391,7 @@ def test_gunicorn_uvicorn_worker(combo, data_dir):
         assert moved(before, server.stats()) == {ZERO_COPY: (1, len(DATA))}
 
 
-# -- non-file responses: exactly stock uvicorn's ------------------------------------------------
+# -- exactly stock uvicorn's answers -----------------------------------------------------------
 
 SAMPLE_REQUESTS = [
     b"GET /plain HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -340,6 +408,13 @@ SAMPLE_REQUESTS = [
     b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
     b"GET /plain HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + b"\x00garbage\r\n\r\n",
     b"NOT HTTP AT ALL\r\n\r\n",
+    # file responses, relative paths (the servers run in the data directory), failures
+    b"GET /file/small.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"GET /rel/small.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"GET /fastapi/rel/small.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"GET /raw/fail HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"GET /file/missing.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"GET /file/subdir HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
 ]
 
 
@@ -355,12 +430,12 @@ def _answers(server: Server) -> List[bytes]:
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
-def test_non_file_responses_are_stock_uvicorns(http, data_dir):
+def test_answers_are_stock_uvicorns(http, data_dir):
     if http == "httptools":
         pytest.importorskip("httptools", reason="httptools is in the project's test extra")
-    with serve_uvicorn(http=f"stock-{http}", data_dir=data_dir) as stock:
+    with serve_uvicorn(http=f"stock-{http}", data_dir=data_dir, cwd=data_dir) as stock:
         expected = _answers(stock)
-    with serve_uvicorn(http=f"fastwrap-{http}", data_dir=data_dir) as ours:
+    with serve_uvicorn(http=f"fastwrap-{http}", data_dir=data_dir, cwd=data_dir) as ours:
         got = _answers(ours)
     for request, want, have in zip(SAMPLE_REQUESTS, expected, got):
         assert have == want, request

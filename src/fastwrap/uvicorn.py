@@ -15,7 +15,10 @@ the server a file instead of its bytes:
     ``{"type": "http.response.pathsend", "path": "/absolute/path"}``, sent
     once after ``http.response.start``; the response is complete after it.
     Starlette's and FastAPI's ``FileResponse`` send it whenever a server
-    advertises it, so their users need to change nothing.
+    advertises it, so their users need to change nothing; a relative path
+    (``FileResponse("big.iso")``) is taken in the working directory, as the
+    application took it.  Only a regular file is opened (never a FIFO, whose
+    opening would wait for a writer, nor a device).
 
 ``http.response.zerocopysend``
     ``{"type": "http.response.zerocopysend", "file": f, "offset": o,
@@ -42,11 +45,18 @@ On a plain HTTP/1.1 connection the bytes go through fastwrap's engine
   meanwhile the connection's reading is paused, so nothing else writes to the
   transport while fastwrap owns the socket;
 - framing is uvicorn's: with a Content-Length the body is exactly
-  min(Content-Length, what the file holds) bytes, and a file that comes up
-  short is logged and the connection closed; without one, uvicorn has already
-  chosen chunked transfer-coding at ``http.response.start`` (the application
-  may send anything after it), so the file leaves as one chunk, its size
-  taken from the file when the message arrives;
+  min(Content-Length, what the file holds) bytes; without one, uvicorn has
+  already chosen chunked transfer-coding at ``http.response.start`` (the
+  application may send anything after it), so the file leaves as one chunk,
+  its size taken from the file when the message arrives;
+- a file that cannot be sent (missing, a directory, a FIFO, unreadable, or
+  holding fewer bytes than the Content-Length announced) while the head is
+  still held is answered as uvicorn answers an application that failed
+  before starting its response: the head is dropped, uvicorn's own 500 goes
+  out and the error is logged.  Once the head or any body byte has left,
+  the connection is closed with nothing more, and a file that shrinks while
+  it is sent ends the connection where it ended, so the client sees the
+  response cut short, never a complete-looking one;
 - HEAD, 1xx, 204 and 304 responses get no body, and keep-alive goes on after
   a file response exactly as after any other;
 - a client that goes away mid-file ends the transfer, the connection is
@@ -57,7 +67,8 @@ On TLS the kernel cannot see the plaintext, so there is no zero-copy; the
 extensions are still advertised, because the bytes can still leave through
 a path that works on TLS: the file is read in 256 KiB pieces and each piece
 goes through uvicorn's own ``http.response.body`` handling and the TLS
-transport, with uvicorn's flow control.  HTTP/1.0 requests do not get the
+transport, with uvicorn's flow control.  The head is held there too, so a
+file that cannot be sent is a 500 as well.  HTTP/1.0 requests do not get the
 extensions.  Which was chosen is said once per worker process on uvicorn's
 error logger, at debug level (``--log-level debug``).
 """
@@ -71,13 +82,49 @@ import logging
 import os
 import socket
 import stat
+import sys
 import types
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Set, Tuple, cast
 
 import fastwrap
+from fastwrap import serving
 from fastwrap.asyncio import _writable
-from uvicorn.protocols.http import h11_impl
+
+#: What installs this module's dependencies.
+_INSTALL = "pip install 'fastwrap[uvicorn]'"
+
+
+class _MissingDependency(ModuleNotFoundError):
+    """Something fastwrap.uvicorn needs is not installed."""
+
+
+def _missing(what: str, module: str, install: str = _INSTALL) -> _MissingDependency:
+    """The error for *what* without *module*: uncaught, its one line is all that is printed.
+
+    uvicorn resolves ``--http`` deep in its own startup, where a traceback
+    would be some fifty lines of uvicorn and click above the one that matters.
+    """
+    previous = sys.excepthook
+    if not getattr(previous, "fastwrap_missing", False):
+        def excepthook(kind: Any, value: Any, traceback: Any) -> None:
+            if isinstance(value, _MissingDependency):
+                print(value, file=sys.stderr)
+            else:
+                previous(kind, value, traceback)
+
+        excepthook.fastwrap_missing = True  # type: ignore[attr-defined]
+        sys.excepthook = excepthook
+    return _MissingDependency(f"{what} needs {module}, which is not installed: {install}",
+                              name=module)
+
+
+try:
+    from uvicorn.protocols.http import h11_impl
+except ModuleNotFoundError as exc:
+    if exc.name != "uvicorn":
+        raise
+    raise _missing("fastwrap.uvicorn", "uvicorn") from None
 
 try:
     from uvicorn.protocols.http import httptools_impl
@@ -227,23 +274,20 @@ class _Source:
         self._restore: Optional[int] = None
         self._owned = False
         if message["type"] == PATHSEND:
-            path = message.get("path")
-            # Path Send: "the string representation of the absolute file path".
-            if not isinstance(path, str) or not os.path.isabs(path):
-                raise RuntimeError(f"{PATHSEND} needs an absolute path as a str, got {path!r}")
-            self.file: Any = open(path, "rb", buffering=0)
+            self.file, size = _open_path(message.get("path"))
             self._owned = True
+            self.available: Optional[int] = size
             self.count: Optional[int] = None
             self.final = True
-        else:
-            self.file = self._open_zerocopy(message)
-            self.count = _optional_int(message, "count")
-            self.final = not message.get("more_body", False)
-            offset = _optional_int(message, "offset")
-            if offset is not None:
-                # sendfile(2) with an offset pointer leaves the file position alone.
-                self._restore = self.file.tell()
-                self.file.seek(offset)
+            return
+        self.file = self._open_zerocopy(message)
+        self.count = _optional_int(message, "count")
+        self.final = not message.get("more_body", False)
+        offset = _optional_int(message, "offset")
+        if offset is not None:
+            # sendfile(2) with an offset pointer leaves the file position alone.
+            self._restore = self.file.tell()
+            self.file.seek(offset)
         try:
             self.available = self._available()
         except BaseException:
@@ -295,6 +339,34 @@ def _optional_int(message: Dict[str, Any], key: str) -> Optional[int]:
     return int(value)
 
 
+def _open_path(path: Any) -> Tuple[Any, int]:
+    """The regular file a pathsend names, open for reading, and its size.
+
+    A relative path is resolved in the working directory, as the application
+    (Starlette's ``FileResponse("big.iso")``) resolved it.  Opening a FIFO
+    for reading waits for a writer and opening a device may act on it, so
+    only what stat() says is a regular file is opened, without waiting, and
+    what was opened is checked again.
+    """
+    if not isinstance(path, str):
+        raise RuntimeError(f"{PATHSEND} needs the file's path as a str, got {path!r}")
+    _require_regular(os.stat(path), path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        _require_regular(st, path)
+        os.set_blocking(fd, True)  # meaningless for a regular file today, but not promised
+        return open(fd, "rb", buffering=0), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _require_regular(st: os.stat_result, path: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise RuntimeError(f"{PATHSEND}: {path!r} is not a regular file")
+
+
 # -- the cycle -----------------------------------------------------------------------------
 
 class _FileCycle:
@@ -316,6 +388,7 @@ class _FileCycle:
     keep_alive: bool
     message_event: asyncio.Event
     on_response: Callable[..., None]
+    send_500_response: Callable[[], Coroutine[Any, Any, None]]
 
     _fw_path: Optional[str]
     _fw_start: Optional[Dict[str, Any]]
@@ -336,8 +409,7 @@ class _FileCycle:
             extensions = self.scope["extensions"] = {}
         extensions[PATHSEND] = {}
         extensions[ZEROCOPYSEND] = {}
-        if self._fw_path == _ZERO_COPY:
-            self.transport = _HeadHolder(self.transport)
+        self.transport = _HeadHolder(self.transport)
 
     async def _uvicorn_send(self, message: Any) -> None:
         raise NotImplementedError  # uvicorn's own send, in each concrete cycle
@@ -382,13 +454,14 @@ class _FileCycle:
         """Body bytes the response may still carry; None when not limited (chunked)."""
         start = self._fw_start
         assert start is not None
-        status = start["status"]
-        if self.scope["method"] == "HEAD" or status in (204, 304) or status < 200:
+        if not serving.body_allowed(self.scope["method"], start["status"]):
             return 0
         for name, value in start.get("headers", ()):
-            if name.lower() == b"content-length":  # the first one, as uvicorn takes it
-                return max(0, int(value) - self._fw_body_sent)
-            if name.lower() == b"transfer-encoding":
+            name = name.lower()
+            if name == b"content-length":  # the first one, as uvicorn takes it
+                declared = serving.parse_content_length(value.decode("latin-1"))
+                return None if declared is None else max(0, declared - self._fw_body_sent)
+            if name == b"transfer-encoding":
                 return None
         return None
 
@@ -399,7 +472,11 @@ class _FileCycle:
     # -- sending -----------------------------------------------------------------------
 
     async def _send_file(self, message: Dict[str, Any]) -> None:
-        source = _Source(message)
+        try:
+            source = _Source(message)
+        except Exception:
+            await self._fail()  # the application named nothing that can be sent
+            raise
         try:
             await self._send_source(source)
         finally:
@@ -414,6 +491,14 @@ class _FileCycle:
             n, exact = allowance, False  # until the file ends or the allowance is used up
         else:
             n, exact = min(wanted, allowance), True
+        if source.final and allowance is not None and n is not None and n < allowance:
+            # Known before the first byte of it leaves: the file shrank since
+            # the application took its length, and the response cannot be completed.
+            self.logger.warning("fastwrap: the file holds %d bytes of the %d the response "
+                                "still announces; %s", n, allowance,
+                                "answering 500" if self._head_held() else "closing the connection")
+            await self._fail()
+            return
         if n is None or self._fw_path == _COPY:
             sent = await self._copy(source, n)
         elif n == 0:
@@ -424,7 +509,7 @@ class _FileCycle:
             return
         self._fw_body_sent += sent
         if exact and n is not None and sent < n:
-            self._end_short(sent, n)  # the file shrank, or a chunk came up short
+            self._end_short(sent, n)  # the file shrank while it was being sent
             return
         if source.final and allowance is not None and sent < allowance:
             self._end_short(sent, allowance)  # less than the Content-Length declared
@@ -433,6 +518,30 @@ class _FileCycle:
             # uvicorn's own ending: the last chunk, keep-alive or close, the next request.
             await self._uvicorn_send({"type": "http.response.body", "body": b"",
                                       "more_body": False})
+
+    def _head_held(self) -> bool:
+        """Whether nothing of this response has left yet."""
+        return isinstance(self.transport, _HeadHolder) and bool(self.transport.held)
+
+    async def _fail(self) -> None:
+        """The file cannot be sent: uvicorn's 500 if nothing has left yet, else close.
+
+        Holding the head back is what makes the 500 possible: the head the
+        application started is dropped unsent and the response is answered
+        as uvicorn answers an application that failed before starting one.
+        """
+        if not self._head_held():
+            self._close_unfinished()
+            return
+        self.transport.take()
+        self._rewind()
+        self._fw_start = None
+        self._fw_body_sent = 0
+        await self.send_500_response()
+
+    def _rewind(self) -> None:
+        """Put uvicorn's cycle back to before ``http.response.start``."""
+        raise NotImplementedError
 
     async def _copy(self, source: _Source, n: Optional[int]) -> int:
         """Read the file and send it as http.response.body messages through uvicorn."""
@@ -514,6 +623,10 @@ class _FileCycle:
         """The file ended before its framing did: the response cannot be finished."""
         self.logger.warning("fastwrap: the file ended after %d of %s body bytes; "
                             "closing the connection", sent, expected)
+        self._close_unfinished()
+
+    def _close_unfinished(self) -> None:
+        """End the connection where the response stands, so the client sees it cut short."""
         self.keep_alive = False
         self.response_complete = True
         self.message_event.set()
@@ -536,6 +649,16 @@ class H11Cycle(_FileCycle, h11_impl.RequestResponseCycle):
 
     async def _uvicorn_send(self, message: Any) -> None:
         await h11_impl.RequestResponseCycle.send(self, message)
+
+    def _rewind(self) -> None:
+        # h11 takes no response back: a connection of its own, that has read
+        # a request with the same method and version, renders the next one.
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(b"%s / HTTP/1.1\r\nHost: fastwrap\r\n\r\n"
+                          % self.scope["method"].encode("ascii"))
+        conn.next_event()
+        self.conn = conn
+        self.response_started = False
 
     def _frame(self, n: int) -> Tuple[bytes, bytes]:
         # h11 counts the bytes against Content-Length and gives the chunk framing.
@@ -581,6 +704,12 @@ if httptools_impl is not None:
         async def _uvicorn_send(self, message: Any) -> None:
             await httptools_impl.RequestResponseCycle.send(self, message)
 
+        def _rewind(self) -> None:
+            # The response state uvicorn's send() set from http.response.start.
+            self.response_started = False
+            self.chunked_encoding = None
+            self.expected_content_length = 0
+
         def _frame(self, n: int) -> Tuple[bytes, bytes]:
             # uvicorn's bookkeeping for a body of n bytes (its send() for http.response.body).
             if self.chunked_encoding:
@@ -597,8 +726,10 @@ if httptools_impl is not None:
 
 def __getattr__(name: str) -> Any:
     if name == "HttpToolsProtocol":
-        raise AttributeError("fastwrap.uvicorn.HttpToolsProtocol needs httptools "
-                             "(pip install httptools), or use fastwrap.uvicorn:H11Protocol")
+        # An ImportError, not an AttributeError: uvicorn's --http would say
+        # only that the attribute was not found.
+        raise _missing("fastwrap.uvicorn:HttpToolsProtocol", "httptools",
+                       f"{_INSTALL} (or name fastwrap.uvicorn:H11Protocol)")
     if name == "UvicornWorker":
         return _worker_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -609,9 +740,15 @@ def _worker_class() -> type:
     try:  # the uvicorn-worker package, where uvicorn's own worker class moved
         module = importlib.import_module("uvicorn_worker")
     except ImportError:
-        with warnings.catch_warnings():  # uvicorn.workers says to use uvicorn-worker
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = importlib.import_module("uvicorn.workers")
+        try:
+            with warnings.catch_warnings():  # uvicorn.workers says to use uvicorn-worker
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = importlib.import_module("uvicorn.workers")
+        except ModuleNotFoundError as exc:
+            # No gunicorn, or a uvicorn without the worker class it moved out.
+            needed = "gunicorn" if exc.name == "gunicorn" else "uvicorn-worker"
+            raise _missing("fastwrap.uvicorn.UvicornWorker", needed,
+                           f"pip install {needed}") from None
     Base: Any = module.UvicornWorker
     protocol = "HttpToolsProtocol" if httptools_impl is not None else "H11Protocol"
     kwargs = dict(Base.CONFIG_KWARGS, http=f"fastwrap.uvicorn:{protocol}")
