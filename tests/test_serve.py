@@ -21,7 +21,8 @@ from typing import Any, Iterator
 import pytest
 
 import fastwrap
-from _static_support import SERVING, ServeProcess, request, run_cli, unique
+from _static_support import (SERVING, ServeProcess, exchange, parse, request, run_cli,
+                             unique)
 from _support import LINUX, random_bytes
 
 FOUR = random_bytes(4096, seed=14)
@@ -194,6 +195,105 @@ def test_access_log_counts_what_was_sent_when_the_client_goes_away(served):
     response, body = served.get("/four.bin")  # and it goes on serving
     assert (response.status, body) == (200, FOUR)
     _no_traceback(served.since(mark))
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (RST), as a killed client does, rather than a polite FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+#: Requests the client gives up on: what it sent of them (TAG stands for a unique
+#: mark in the target) and whether it leaves with a reset.
+CUT_SHORT = {
+    "inside-the-request-line": (b"GET /big.bin?TAG HT", False),
+    "before-the-version": (b"GET /big.bin?TAG", False),
+    "inside-the-head": (b"GET /big.bin?TAG HTTP/1.1\r\nHost: 127.0.0.1\r\n", False),
+    "inside-the-head-reset": (b"GET /big.bin?TAG HTTP/1.1\r\nHost: 127.0.0.1\r\nAcc", True),
+    "inside-a-header-line-reset": (b"GET /big.bin?TAG HTTP/1.1\r\nHost: 127.0", True),
+    "inside-the-body-reset": (b"POST /hello.txt?TAG HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Content-Length: 100000\r\n\r\n" + b"x" * 5000, True),
+}
+
+
+@pytest.mark.parametrize("sent, reset", list(CUT_SHORT.values()), ids=list(CUT_SHORT))
+def test_a_client_leaving_inside_its_request_gets_one_log_line_and_no_traceback(
+        served, sent, reset):
+    mark = served.mark()
+    tag = unique()
+    sock = socket.create_connection((served.host, served.port), timeout=10)
+    sock.sendall(sent.replace(b"TAG", tag.encode()))
+    if reset:
+        _reset(sock)
+    else:
+        sock.close()
+    line = served.access_line(tag, start=mark)
+    # Nothing is served for a request that never ended: the head is not a request.
+    assert line["status"] == ("405" if sent.startswith(b"POST") else "400"), line.string
+    probe = unique()
+    response, body = served.get(f"/four.bin?{probe}")  # and it goes on serving
+    assert (response.status, body) == (200, FOUR)
+    served.access_line(probe, start=mark)  # every line before it is in, too
+    logged = served.since(mark)
+    _no_traceback(logged)
+    assert [entry for entry in logged if tag in entry] == [line.string], logged
+
+
+def test_a_half_closed_client_inside_its_head_is_answered_400(served):
+    # It stopped writing but may still read: it learns why nothing is served.
+    data = exchange(served.port, b"GET /four.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    response = parse(data)
+    assert response.status == 400 and FOUR[:64] not in data
+
+
+# -- what a request must carry ---------------------------------------------------------------
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET /hello.txt HTTP/1.1\r\n", 400),
+    (b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n", 400),
+    (b"GET /hello.txt HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n", 400),
+    (b"GET /hello.txt HTTP/1.0\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n", 400),
+    (b"GET /hello.txt HTTP/1.0\r\n", 200),
+    (b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n", 200),
+    (b"GET /hello.txt HTTP/1.1\r\nHost:\r\n", 200),  # empty, as RFC 9112 3.2 allows
+], ids=["http-1.1-no-host", "two-hosts", "two-different-hosts", "http-1.0-two-hosts",
+        "http-1.0-no-host", "one-host", "empty-host"])
+def test_host_header_rfc_9112_section_3_2(served, head, status):
+    mark = served.mark()
+    response = parse(served.exchange(head + b"Connection: close\r\n\r\n"))
+    assert response.status == status
+    assert (response.body == b"hello\n") is (status == 200)
+    served.get("/hello.txt")  # and it goes on serving
+    _no_traceback(served.since(mark))
+
+
+# -- the Server header -----------------------------------------------------------------------
+
+SERVER_HEADER = f"fastwrap/{fastwrap.__version__}"
+ANSWERS = {
+    "file": (request("GET", "/four.bin"), 200),
+    "range": (request("GET", "/big.bin", [("Range", "bytes=0-9")]), 206),
+    "not-modified": (request("GET", "/four.bin", [("If-None-Match", "*")]), 304),
+    "head": (request("HEAD", "/big.bin"), 200),
+    "listing": (request("GET", "/"), 200),
+    "redirect": (request("GET", "/sub"), 301),
+    "missing": (request("GET", "/missing"), 404),
+    "method": (request("POST", "/four.bin"), 405),
+    "unsatisfiable": (request("GET", "/four.bin", [("Range", "bytes=9999-")]), 416),
+    "traversal": (request("GET", "/../etc/passwd"), 400),
+    "garbage": (b"GARBAGE\r\n\r\n", 400),
+    "no-host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "http-2": (b"GET / HTTP/2.0\r\n\r\n", 505),
+    "too-long": (b"GET /" + b"a" * 65537, 414),
+}
+
+
+@pytest.mark.parametrize("raw, status", list(ANSWERS.values()), ids=list(ANSWERS))
+def test_every_response_names_fastwrap_as_the_server(served, raw, status):
+    method = raw.split(b" ", 1)[0].decode("latin-1")
+    response = parse(served.exchange(raw), method)
+    assert response.status == status
+    assert response.header("Server") == SERVER_HEADER
 
 
 def test_parallel_downloads_are_each_byte_exact(served):

@@ -14,6 +14,7 @@ import html
 import http.client
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -896,3 +897,25 @@ def test_listing_false_forbids_directories_without_index(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_a_client_falling_silent_inside_its_head_gets_408_and_one_log_line(app_root, capfd):
+    app = fastwrap.static.StaticFiles(app_root)
+    lines: List[str] = []
+    handler = type("Impatient", (_RecordingHandler,), {"lines": lines, "timeout": 0.5})
+    server = fastwrap.wsgiref.make_server("127.0.0.1", 0, app, threads=2, handler=handler)
+    thread = _in_thread(server)
+    try:
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /four.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and nothing more
+            received = sock.makefile("rb").read()
+        response = parse(received)
+        assert response.status == 408 and FOUR[:64] not in received
+        logged = _wait_for_lines(lines, 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert logged == {"GET /four.bin HTTP/1.1": "408 - -"}
+    assert "Traceback" not in capfd.readouterr().err
