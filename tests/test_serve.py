@@ -340,11 +340,16 @@ def test_interrupt_stops_promptly_with_an_idle_keep_alive_connection_open(engine
 
 # -- bad input -------------------------------------------------------------------------------
 
+#: Names of the code that a user's message must not show.
+INTERNAL_NAMES = ("_port", "_threads", "StaticFiles")
+
+
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("fastwrap serve: "), lines[0]
+    assert not [name for name in INTERNAL_NAMES if name in lines[0]], lines[0]
     return lines[0]
 
 
@@ -352,7 +357,8 @@ def test_missing_directory_is_a_one_line_error(engine, tmp_path):
     missing = tmp_path / "no-such-dir"
     proc = run_cli(engine, "serve", str(missing), "--port", "0")
     assert proc.returncode == 1
-    assert str(missing) in _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert str(missing) in line and "no such directory" in line
 
 
 def test_file_instead_of_a_directory_is_a_one_line_error(engine, tmp_path):
@@ -360,21 +366,69 @@ def test_file_instead_of_a_directory_is_a_one_line_error(engine, tmp_path):
     path.write_bytes(b"x")
     proc = run_cli(engine, "serve", str(path), "--port", "0")
     assert proc.returncode == 1
-    assert str(path) in _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert str(path) in line and "not a directory" in line
 
 
-def test_port_in_use_is_a_one_line_error(engine, root):
+@pytest.mark.parametrize("number", ["8080", "0"])
+def test_a_port_given_as_http_servers_positional_argument_gets_a_hint(engine, tmp_path, number):
+    # `python -m http.server 8080` serves the current directory on port 8080;
+    # fastwrap takes DIR there, and says so instead of "no such directory".
+    proc = run_cli(engine, "serve", number, cwd=tmp_path)
+    assert proc.returncode == 1
+    line = _one_line_error(proc)
+    assert f"-p {number}" in line and repr(number) in line
+
+
+def test_a_numeric_name_of_an_existing_directory_is_served(engine, tmp_path):
+    (tmp_path / "8080").mkdir()
+    (tmp_path / "8080" / "hello.txt").write_bytes(b"hello\n")
+    server = ServeProcess(engine, Path("8080"), cwd=tmp_path)
+    try:
+        assert server.match["root"] == os.path.realpath(tmp_path / "8080")
+        assert server.get("/hello.txt")[1] == b"hello\n"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("option", ["-d", "--directory"])
+def test_directory_option_as_http_server_has_it(engine, root, tmp_path, option):
+    server = ServeProcess(engine, None, option, str(root), cwd=tmp_path)
+    try:
+        assert server.match["root"] == os.path.realpath(root)
+        response, body = server.get("/hello.txt")
+        assert (response.status, body) == (200, b"hello\n")
+    finally:
+        server.stop()
+
+
+def test_directory_given_twice_is_a_usage_error(engine, root, tmp_path):
+    proc = run_cli(engine, "serve", str(root), "-d", str(tmp_path), "--port", "0", timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fastwrap serve: error: ") and "-d" in last, proc.stderr
+
+
+def test_port_in_use_is_a_one_line_error_naming_it_and_suggesting_port_0(engine, root):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         proc = run_cli(engine, "serve", str(root), "--port", str(port))
     assert proc.returncode == 1
-    assert "in use" in _one_line_error(proc).lower()
+    line = _one_line_error(proc)
+    assert "in use" in line.lower() and f"127.0.0.1:{port}" in line and "-p 0" in line
 
 
-def test_address_not_on_this_host_is_a_one_line_error(engine, root):
-    proc = run_cli(engine, "serve", str(root), "--bind", "192.0.2.1", "--port", "0")
+def test_address_not_on_this_host_is_a_one_line_error_naming_it(engine, root):
+    proc = run_cli(engine, "serve", str(root), "--bind", "192.0.2.1", "--port", "8123")
     assert proc.returncode == 1
-    _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert "192.0.2.1:8123" in line and "--bind" in line
+
+
+def test_unknown_host_name_is_a_one_line_error_naming_it(engine, root):
+    proc = run_cli(engine, "serve", str(root), "--bind", "no-such-host.invalid", "--port", "0")
+    assert proc.returncode == 1
+    assert "no-such-host.invalid" in _one_line_error(proc)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -393,6 +447,7 @@ def test_bad_option_value_is_a_usage_error(engine, root, args, words):
     assert "error:" in last, proc.stderr
     for word in words:
         assert word in last, (word, last)
+    assert not [name for name in INTERNAL_NAMES if name in proc.stderr], proc.stderr
 
 
 # -- curl ------------------------------------------------------------------------------------

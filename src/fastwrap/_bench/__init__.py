@@ -54,20 +54,23 @@ from .rounds import Progress, run_rounds
 from .servers import start_servers, wait_until_listening
 from .tables import Bench, _size_label, build_tables
 
-__all__ = ["SECTIONS", "add_arguments", "run"]
+__all__ = ["SECTIONS", "add_arguments", "run", "whole_number"]
 
 
 # -- arguments ------------------------------------------------------------------
 
-def _at_least_one(what: str) -> Callable[[str], int]:
+def whole_number(option: str, low: int = 1, high: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: an int from *low* (to *high*), or an error naming *option*."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{what} must be a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{what} must be at least 1, got {value}")
+                f"{option} must be a whole number, got {text!r}") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{option} must be {low}-{high}, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{option} must be at least {low}, got {value}")
         return value
     return parse
 
@@ -76,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``fastwrap bench``."""
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of a few seconds: small sizes, 2 rounds")
-    parser.add_argument("--rounds", type=_at_least_one("--rounds"), default=None, metavar="N",
+    parser.add_argument("--rounds", type=whole_number("--rounds"), default=None, metavar="N",
                         help="interleaved rounds (default: 5; 2 with --quick)")
-    parser.add_argument("--size-mib", type=_at_least_one("--size-mib"), default=None,
+    parser.add_argument("--size-mib", type=whole_number("--size-mib"), default=None,
                         metavar="N", help="size of the large file in MiB "
                                           "(default: 256; 2 with --quick)")
     parser.add_argument("--json", metavar="FILE",
