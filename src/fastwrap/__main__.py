@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "serve":
         return _serve(args, commands["serve"])
     from . import _bench
-    return _bench.run(args)
+    return _bench.run(args, write_out)
 
 
 if __name__ == "__main__":
