@@ -1,4 +1,5 @@
-"""python -m fastwrap info: the engine and the paths it can take."""
+"""python -m fastwrap: info (the engine and the paths it can take), and the command line
+as a user meets it: --version, usage errors, a mistyped FASTWRAP_DISABLE, a closed pipe."""
 from __future__ import annotations
 
 import os
@@ -104,11 +105,11 @@ def test_info_names_fastwrap_disable_however_it_spells_the_path(engine):
 
 # -- the command line as a user of `python -m http.server` meets it --------------------------
 
-def _one_line(stderr: str, prefix: str = "fastwrap") -> str:
+def _one_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
-    assert lines[0].startswith(prefix), lines[0]
+    assert lines[0].startswith("fastwrap: "), lines[0]
     return lines[0]
 
 

@@ -139,7 +139,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def write_out(text: str) -> None:
+def _write_out(text: str) -> None:
     """Print *text* to stdout; if its reader has gone (``| head -1``), end as cat does."""
     try:
         print(text, flush=True)
@@ -164,12 +164,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:  # with the usage of the command they were given to, not the top level's
         commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "info":
-        write_out(info())
+        _write_out(info())
         return 0
     if args.command == "serve":
         return _serve(args, commands["serve"])
     from . import _bench
-    return _bench.run(args, write_out)
+    return _bench.run(args, _write_out)
 
 
 if __name__ == "__main__":
