@@ -1,10 +1,16 @@
-"""python -m fastwrap info: the engine and the paths it can take."""
+"""python -m fastwrap: info (the engine and the paths it can take), and the command line
+as a user meets it: --version, usage errors, a mistyped FASTWRAP_DISABLE, a closed pipe."""
 from __future__ import annotations
 
+import os
 import platform
+import signal
+import subprocess
 import sys
 
-from _support import run_python
+import pytest
+from _static_support import engine_env, run_cli
+from _support import HANG, run_python
 
 import fastwrap
 
@@ -95,3 +101,57 @@ def test_info_names_fastwrap_disable_however_it_spells_the_path(engine):
     states = _paths_section(proc.stdout)
     assert states["sendfile"] == "unavailable: disabled by FASTWRAP_DISABLE"
     assert states["mmap"] == "unavailable: disabled by FASTWRAP_DISABLE"
+
+
+# -- the command line as a user of `python -m http.server` meets it --------------------------
+
+def _one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("fastwrap: "), lines[0]
+    return lines[0]
+
+
+def test_version(engine):
+    proc = run_cli(engine, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"fastwrap {fastwrap.__version__}"
+
+
+@pytest.mark.parametrize("command", ["serve", "info", "bench"])
+def test_an_unknown_option_shows_the_usage_of_its_command(engine, command):
+    proc = run_cli(engine, command, "--no-such-option", timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f"usage: fastwrap {command} "), proc.stderr
+    assert lines[-1] == f"fastwrap {command}: error: unrecognized arguments: --no-such-option"
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["info"], ["bench", "--quick"]])
+def test_a_mistyped_fastwrap_disable_is_one_line_not_a_traceback(engine, command):
+    # As `python -m fastwrap`, and as the `fastwrap` script (its argv[0]).
+    for proc in (subprocess.run([sys.executable, "-m", "fastwrap", *command],
+                                env=engine_env(engine, FASTWRAP_DISABLE="sendfil"),
+                                capture_output=True, text=True, timeout=HANG),
+                 run_python(INFO, env=_env(engine, FASTWRAP_DISABLE="sendfil"), args=command)):
+        assert proc.returncode == 2, proc.stderr
+        line = _one_line(proc.stderr)
+        assert "FASTWRAP_DISABLE='sendfil'" in line and "sendfile" in line, line
+        assert proc.stdout == ""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGPIPE"), reason="no SIGPIPE here")
+def test_info_into_a_closed_pipe_ends_quietly_as_a_unix_tool_does(engine):
+    # `fastwrap info | head -1`, with head gone before fastwrap writes: like
+    # `yes | head -1`, it ends by SIGPIPE (status 141 in a shell), saying nothing.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastwrap", "info"], stdout=writer,
+                              stderr=subprocess.PIPE, text=True, env=engine_env(engine),
+                              timeout=HANG)
+    finally:
+        os.close(writer)
+    assert proc.stderr == ""
+    assert proc.returncode == -signal.SIGPIPE

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 import pytest
 
 import fastwrap
-from _static_support import SERVING, ServeProcess, request, run_cli, unique
+from _static_support import (SERVING, ServeProcess, exchange, parse, request, run_cli,
+                             unique)
 from _support import LINUX, random_bytes
 
 FOUR = random_bytes(4096, seed=14)
@@ -196,6 +197,110 @@ def test_access_log_counts_what_was_sent_when_the_client_goes_away(served):
     _no_traceback(served.since(mark))
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (RST), as a killed client does, rather than a polite FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+#: Requests the client gives up on: what it sent of them (TAG stands for a unique
+#: mark in the target), whether it leaves with a reset, and the statuses its
+#: log line may show: 400 for a request never complete, which is not served.
+CUT_SHORT = {
+    "inside-the-request-line": (b"GET /big.bin?TAG HT", False, {"400"}),
+    "before-the-version": (b"GET /big.bin?TAG", False, {"400"}),
+    "inside-the-head": (b"GET /big.bin?TAG HTTP/1.1\r\nHost: 127.0.0.1\r\n", False, {"400"}),
+    "inside-the-head-reset": (b"GET /big.bin?TAG HTTP/1.1\r\nHost: 127.0.0.1\r\nAcc", True,
+                              {"400"}),
+    "inside-a-header-line-reset": (b"GET /big.bin?TAG HTTP/1.1\r\nHost: 127.0", True, {"400"}),
+    "inside-the-body-reset": (b"POST /hello.txt?TAG HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Content-Length: 100000\r\n\r\n" + b"x" * 5000, True, {"405"}),
+    # Gone before or after the server's "100 Continue", as the race falls.
+    "waiting-for-100-continue-reset": (b"POST /hello.txt?TAG HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                       b"Expect: 100-continue\r\nContent-Length: 9\r\n\r\n",
+                                       True, {"400", "405"}),
+}
+
+
+@pytest.mark.parametrize("sent, reset, statuses", list(CUT_SHORT.values()), ids=list(CUT_SHORT))
+def test_a_client_leaving_inside_its_request_gets_one_log_line_and_no_traceback(
+        served, sent, reset, statuses):
+    mark = served.mark()
+    tag = unique()
+    sock = socket.create_connection((served.host, served.port), timeout=10)
+    sock.sendall(sent.replace(b"TAG", tag.encode()))
+    if reset:
+        _reset(sock)
+    else:
+        sock.close()
+    line = served.access_line(tag, start=mark)
+    assert line["status"] in statuses, line.string
+    probe = unique()
+    response, body = served.get(f"/four.bin?{probe}")  # and it goes on serving
+    assert (response.status, body) == (200, FOUR)
+    served.access_line(probe, start=mark)  # every line before it is in, too
+    logged = served.since(mark)
+    _no_traceback(logged)
+    assert [entry for entry in logged if tag in entry] == [line.string], logged
+
+
+def test_a_half_closed_client_inside_its_head_is_answered_400(served):
+    # It stopped writing but may still read: it learns why nothing is served.
+    data = exchange(served.port, b"GET /four.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    response = parse(data)
+    assert response.status == 400 and FOUR[:64] not in data
+
+
+# -- what a request must carry ---------------------------------------------------------------
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET /hello.txt HTTP/1.1\r\n", 400),
+    (b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n", 400),
+    (b"GET /hello.txt HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n", 400),
+    (b"GET /hello.txt HTTP/1.0\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n", 400),
+    (b"GET /hello.txt HTTP/1.0\r\n", 200),
+    (b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n", 200),
+    (b"GET /hello.txt HTTP/1.1\r\nHost:\r\n", 200),  # empty, as RFC 9112 3.2 allows
+], ids=["http-1.1-no-host", "two-hosts", "two-different-hosts", "http-1.0-two-hosts",
+        "http-1.0-no-host", "one-host", "empty-host"])
+def test_host_header_rfc_9112_section_3_2(served, head, status):
+    mark = served.mark()
+    response = parse(served.exchange(head + b"Connection: close\r\n\r\n"))
+    assert response.status == status
+    assert (response.body == b"hello\n") is (status == 200)
+    served.get("/hello.txt")  # and it goes on serving
+    _no_traceback(served.since(mark))
+
+
+# -- the Server header -----------------------------------------------------------------------
+
+SERVER_HEADER = f"fastwrap/{fastwrap.__version__}"
+ANSWERS = {
+    "file": (request("GET", "/four.bin"), 200),
+    "range": (request("GET", "/big.bin", [("Range", "bytes=0-9")]), 206),
+    "not-modified": (request("GET", "/four.bin", [("If-None-Match", "*")]), 304),
+    "head": (request("HEAD", "/big.bin"), 200),
+    "listing": (request("GET", "/"), 200),
+    "redirect": (request("GET", "/sub"), 301),
+    "missing": (request("GET", "/missing"), 404),
+    "method": (request("POST", "/four.bin"), 405),
+    "unsatisfiable": (request("GET", "/four.bin", [("Range", "bytes=9999-")]), 416),
+    "traversal": (request("GET", "/../etc/passwd"), 400),
+    "garbage": (b"GARBAGE\r\n\r\n", 400),
+    "no-host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "http-2": (b"GET / HTTP/2.0\r\n\r\n", 505),
+    "too-long": (b"GET /" + b"a" * 65537, 414),
+}
+
+
+@pytest.mark.parametrize("raw, status", list(ANSWERS.values()), ids=list(ANSWERS))
+def test_every_response_names_fastwrap_as_the_server(served, raw, status):
+    method = raw.split(b" ", 1)[0].decode("latin-1")
+    response = parse(served.exchange(raw), method)
+    assert response.status == status
+    assert response.header("Server") == SERVER_HEADER
+
+
 def test_parallel_downloads_are_each_byte_exact(served):
     def fetch(i: int) -> bytes:
         response, body = served.get(f"/big.bin?parallel={i}")
@@ -240,11 +345,16 @@ def test_interrupt_stops_promptly_with_an_idle_keep_alive_connection_open(engine
 
 # -- bad input -------------------------------------------------------------------------------
 
+#: Names of the code that a user's message must not show.
+INTERNAL_NAMES = ("_port", "_threads", "StaticFiles")
+
+
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("fastwrap serve: "), lines[0]
+    assert not [name for name in INTERNAL_NAMES if name in lines[0]], lines[0]
     return lines[0]
 
 
@@ -252,7 +362,8 @@ def test_missing_directory_is_a_one_line_error(engine, tmp_path):
     missing = tmp_path / "no-such-dir"
     proc = run_cli(engine, "serve", str(missing), "--port", "0")
     assert proc.returncode == 1
-    assert str(missing) in _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert str(missing) in line and "no such directory" in line
 
 
 def test_file_instead_of_a_directory_is_a_one_line_error(engine, tmp_path):
@@ -260,21 +371,69 @@ def test_file_instead_of_a_directory_is_a_one_line_error(engine, tmp_path):
     path.write_bytes(b"x")
     proc = run_cli(engine, "serve", str(path), "--port", "0")
     assert proc.returncode == 1
-    assert str(path) in _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert str(path) in line and "not a directory" in line
 
 
-def test_port_in_use_is_a_one_line_error(engine, root):
+@pytest.mark.parametrize("number", ["8080", "0"])
+def test_a_port_given_as_http_servers_positional_argument_gets_a_hint(engine, tmp_path, number):
+    # `python -m http.server 8080` serves the current directory on port 8080;
+    # fastwrap takes DIR there, and says so instead of "no such directory".
+    proc = run_cli(engine, "serve", number, cwd=tmp_path)
+    assert proc.returncode == 1
+    line = _one_line_error(proc)
+    assert f"-p {number}" in line and repr(number) in line
+
+
+def test_a_numeric_name_of_an_existing_directory_is_served(engine, tmp_path):
+    (tmp_path / "8080").mkdir()
+    (tmp_path / "8080" / "hello.txt").write_bytes(b"hello\n")
+    server = ServeProcess(engine, Path("8080"), cwd=tmp_path)
+    try:
+        assert server.match["root"] == os.path.realpath(tmp_path / "8080")
+        assert server.get("/hello.txt")[1] == b"hello\n"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("option", ["-d", "--directory"])
+def test_directory_option_as_http_server_has_it(engine, root, tmp_path, option):
+    server = ServeProcess(engine, None, option, str(root), cwd=tmp_path)
+    try:
+        assert server.match["root"] == os.path.realpath(root)
+        response, body = server.get("/hello.txt")
+        assert (response.status, body) == (200, b"hello\n")
+    finally:
+        server.stop()
+
+
+def test_directory_given_twice_is_a_usage_error(engine, root, tmp_path):
+    proc = run_cli(engine, "serve", str(root), "-d", str(tmp_path), "--port", "0", timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fastwrap serve: error: ") and "-d" in last, proc.stderr
+
+
+def test_port_in_use_is_a_one_line_error_naming_it_and_suggesting_port_0(engine, root):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         proc = run_cli(engine, "serve", str(root), "--port", str(port))
     assert proc.returncode == 1
-    assert "in use" in _one_line_error(proc).lower()
+    line = _one_line_error(proc)
+    assert "in use" in line.lower() and f"127.0.0.1:{port}" in line and "-p 0" in line
 
 
-def test_address_not_on_this_host_is_a_one_line_error(engine, root):
-    proc = run_cli(engine, "serve", str(root), "--bind", "192.0.2.1", "--port", "0")
+def test_address_not_on_this_host_is_a_one_line_error_naming_it(engine, root):
+    proc = run_cli(engine, "serve", str(root), "--bind", "192.0.2.1", "--port", "8123")
     assert proc.returncode == 1
-    _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert "192.0.2.1:8123" in line and "--bind" in line
+
+
+def test_unknown_host_name_is_a_one_line_error_naming_it(engine, root):
+    proc = run_cli(engine, "serve", str(root), "--bind", "no-such-host.invalid", "--port", "0")
+    assert proc.returncode == 1
+    assert "no-such-host.invalid" in _one_line_error(proc)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -293,6 +452,7 @@ def test_bad_option_value_is_a_usage_error(engine, root, args, words):
     assert "error:" in last, proc.stderr
     for word in words:
         assert word in last, (word, last)
+    assert not [name for name in INTERNAL_NAMES if name in proc.stderr], proc.stderr
 
 
 # -- curl ------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ import html
 import http.client
 import os
 import re
+import socket
 import stat
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -55,6 +57,13 @@ NAMES = ["a&b.txt", 'quote".txt', "é.txt", "<img src=x onerror=alert(1)>.txt",
 #: A directory and a file inside it that together are /names/<script>alert(1)</script>.txt
 SCRIPT_DIR, SCRIPT_FILE = "<script>alert(1)<", "script>.txt"
 NOT_UTF8 = b"\xff\xfe-latin1.bin"
+#: /awkward/: names a listing must link to exactly. On POSIX a backslash is a
+#: character like any other, and so are the percent signs of "%5C" and "%2F".
+AWKWARD_FILES = ["back\\slash.txt", "\\", "\\lead and trail\\", "two  spaces .txt",
+                 "50%.txt", "%5C.txt", "%2F.txt", "%.txt", "#frag", "?query=1&b=2",
+                 "\u00fcn\u00efc\u00f6d\u00e9 \u2713.txt", "\u65e5\u672c.txt", "it's.txt",
+                 'say "hi".txt', "semi;colon+plus.txt", "a&b=c.txt", "tab\tand\nnewline"]
+AWKWARD_DIR, AWKWARD_INNER = "dir\\with\\back slashes #?%", "in\\ner \u00e9.txt"
 DATED_NS = 1_700_000_000_750_000_000  # 2023-11-14 22:13:20.75 UTC
 DATED_HTTP = "Tue, 14 Nov 2023 22:13:20 GMT"
 INDEX_HTML = b"<!DOCTYPE html><title>the index</title>\n"
@@ -111,6 +120,12 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     (names / SCRIPT_DIR / SCRIPT_FILE).write_bytes(content(SCRIPT_FILE))
     with open(os.path.join(os.fsencode(names), NOT_UTF8), "wb") as f:
         f.write(content(os.fsdecode(NOT_UTF8)))
+    awkward = root / "awkward"
+    awkward.mkdir()
+    for name in AWKWARD_FILES:
+        (awkward / name).write_bytes(content(name))
+    (awkward / AWKWARD_DIR).mkdir()
+    (awkward / AWKWARD_DIR / AWKWARD_INNER).write_bytes(content(AWKWARD_INNER))
 
     # Links: out of the root (file, directory, sibling, relative), and inside it.
     (root / "link-out").symlink_to(secret)
@@ -506,6 +521,40 @@ def test_listing_escapes_names_and_its_links_fetch_the_files(server):
             assert fetched == content(shown), shown
 
 
+def _follow_listing(server: ServeProcess, page: str, seen: Dict[str, bytes]) -> None:
+    """Fetch every link of the listing at *page*, as a browser resolves it; recurse into
+    directories; put {path on disk under the root: body} into *seen*."""
+    response, body = server.get(page)
+    assert response.status == 200, page
+    for shown, href in _listing(body).items():
+        target = urllib.parse.urljoin(page, href)
+        response, fetched = server.get(target)
+        assert response.status == 200, (page, shown, href, response.status)
+        local = urllib.parse.unquote(page, errors="surrogateescape").lstrip("/") + shown
+        if shown.endswith("/"):
+            _follow_listing(server, target, seen)
+        else:
+            seen[local] = fetched
+
+
+def test_every_link_of_a_listing_of_awkward_names_fetches_its_file(server):
+    seen: Dict[str, bytes] = {}
+    _follow_listing(server, "/awkward/", seen)
+    expected = {f"awkward/{name}": content(name) for name in AWKWARD_FILES}
+    expected[f"awkward/{AWKWARD_DIR}/{AWKWARD_INNER}"] = content(AWKWARD_INNER)
+    assert seen == expected
+
+
+def test_directory_with_a_backslash_redirects_to_itself_with_a_slash(server):
+    quoted = urllib.parse.quote(AWKWARD_DIR)
+    response = raw_get(server, f"/awkward/{quoted}")
+    assert response.status == 301
+    location = response.header("Location")
+    assert location == f"/awkward/{quoted}/"
+    response, body = server.get(location)
+    assert response.status == 200 and set(_listing(body)) == {AWKWARD_INNER}
+
+
 def test_listing_marks_directories_with_a_slash(server):
     response, body = server.get("/")
     entries = _listing(body)
@@ -556,10 +605,12 @@ def test_keep_alive_answers_a_mix_of_requests_in_order(server, four_etag):
 
 # -- hostile requests ------------------------------------------------------------------------
 
-#: Backslash is a separator only on Windows; elsewhere it is part of a (missing) name.
+#: Backslash is a separator only on Windows; elsewhere it is part of a (missing) name,
+#: percent-encoded or not.
 _BACKSLASH = 400 if os.sep == "\\" else 404
-#: The README: a dot segment (also percent-encoded), a percent-encoded slash or
-#: backslash, a NUL byte, or a target that is not an absolute path: 400.
+#: The README: a dot segment (also percent-encoded), a percent-encoded slash (or
+#: backslash, where it separates paths), a NUL byte, or a target that is not an
+#: absolute path: 400.
 TRAVERSALS = {
     "dot-dot": (b"/../secret", 400),
     "dot-dot-after-a-directory": (b"/sub/../../secret", 400),
@@ -569,7 +620,8 @@ TRAVERSALS = {
     "encoded-dots-and-slash": (b"/%2E%2E%2fsecret", 400),
     "encoded-slash": (b"/..%2fsecret", 400),
     "encoded-slashes-in-a-segment": (b"/sub%2f..%2f..%2fsecret", 400),
-    "encoded-backslash": (b"/..%5csecret", 400),
+    "encoded-backslash": (b"/..%5csecret", _BACKSLASH),
+    "encoded-backslashes-after-a-directory": (b"/sub%5C..%5C..%5Csecret", _BACKSLASH),
     "backslashes": (b"/..\\secret", _BACKSLASH),
     "backslashes-after-a-directory": (b"/sub\\..\\..\\secret", _BACKSLASH),
     "absolute-form": (b"http://127.0.0.1/../secret", 400),
@@ -845,3 +897,25 @@ def test_listing_false_forbids_directories_without_index(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_a_client_falling_silent_inside_its_head_gets_408_and_one_log_line(app_root, capfd):
+    app = fastwrap.static.StaticFiles(app_root)
+    lines: List[str] = []
+    handler = type("Impatient", (_RecordingHandler,), {"lines": lines, "timeout": 0.5})
+    server = fastwrap.wsgiref.make_server("127.0.0.1", 0, app, threads=2, handler=handler)
+    thread = _in_thread(server)
+    try:
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /four.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and nothing more
+            received = sock.makefile("rb").read()
+        response = parse(received)
+        assert response.status == 408 and FOUR[:64] not in received
+        logged = _wait_for_lines(lines, 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert logged == {"GET /four.bin HTTP/1.1": "408 - -"}
+    assert "Traceback" not in capfd.readouterr().err

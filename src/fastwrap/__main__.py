@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import platform
+import signal
+import socket
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 import fastwrap
 from fastwrap import _paths
@@ -57,65 +60,116 @@ def info() -> str:
     return "\n".join(lines)
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {port}")
-    return port
-
-
-def _threads(text: str) -> int:
-    threads = int(text)
-    if threads < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be at least 1, got {threads}")
-    return threads
-
-
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own (for its usage in errors)."""
+    from . import _bench
     parser = argparse.ArgumentParser(prog="fastwrap", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastwrap {fastwrap.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="print the engine, the platform and the available paths")
+    info_parser = commands.add_parser(
+        "info", help="print the engine, the platform and the available paths")
 
     serve = commands.add_parser(
         "serve", help="serve a directory over HTTP, every file through fastwrap",
         description="A static file server (a WSGI app, fastwrap.static.StaticFiles, "
-                    "on fastwrap's threaded HTTP/1.1 server).")
-    serve.add_argument("directory", nargs="?", default=os.curdir,
+                    "on fastwrap's threaded HTTP/1.1 server). Unlike python -m http.server, "
+                    "whose argument is a port, its argument is the directory: the port is -p.")
+    serve.add_argument("directory", nargs="?", metavar="DIR",
                        help="the directory to serve (default: the current one)")
+    serve.add_argument("--directory", "-d", dest="directory_option", metavar="DIR",
+                       help="the same, as python -m http.server takes it")
     serve.add_argument("--bind", "-b", default="127.0.0.1", metavar="ADDR",
                        help="address to listen on (default: 127.0.0.1; 0.0.0.0 or :: for all)")
-    serve.add_argument("--port", "-p", type=_port, default=8000,
+    serve.add_argument("--port", "-p", type=_bench.whole_number("--port", 0, 65535),
+                       default=8000, metavar="N",
                        help="port to listen on (default: 8000; 0 picks a free one)")
-    serve.add_argument("--threads", "-t", type=_threads, default=16,
-                       help="connections served at once (default: 16)")
+    serve.add_argument("--threads", "-t", type=_bench.whole_number("--threads"), default=16,
+                       metavar="N", help="connections served at once (default: 16)")
     serve.add_argument("--follow-symlinks", action="store_true",
                        help="serve files whose symbolic links lead out of the directory")
     serve.add_argument("--quiet", "-q", action="store_true", help="no access log")
 
-    from . import _bench
     bench = commands.add_parser(
         "bench", help="measure fastwrap against the stdlib's ways on this machine",
         description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_arguments(bench)
-    return parser
+    return parser, {"info": info_parser, "serve": serve, "bench": bench}
+
+
+def _directory_problem(directory: str) -> Optional[str]:
+    """Why *directory* cannot be served, in a line that says what to do instead."""
+    if os.path.isdir(directory):
+        return None
+    if not os.path.exists(directory):
+        if directory.isdigit():  # python -m http.server 8080: there, the argument is a port
+            return (f"no such directory: {directory!r}; to listen on port {directory}, "
+                    f"give -p {directory}")
+        return f"no such directory: {directory!r}"
+    return f"not a directory: {directory!r}"
+
+
+def _bind_problem(exc: OSError, bind: str, port: int) -> str:
+    """Why the server cannot listen on *bind*:*port*, and what to try instead."""
+    shown = f"[{bind}]" if ":" in bind else bind
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {shown}:{port}: {reason}; --bind takes an address of this host"
+    hint = {errno.EADDRINUSE: "-p 0 picks a free port",
+            errno.EACCES: "-p 0 picks a free port (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "--bind takes an address of this host "
+                                 "(127.0.0.1; 0.0.0.0 or :: for all)"}.get(exc.errno or 0)
+    return f"cannot listen on {shown}:{port}: {reason}" + (f"; {hint}" if hint else "")
+
+
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.directory is not None and args.directory_option is not None:
+        parser.error("give the directory once: as DIR or as -d/--directory")
+    directory = args.directory or args.directory_option or os.curdir
+    problem = _directory_problem(directory)
+    if problem:
+        print(f"fastwrap serve: {problem}", file=sys.stderr)
+        return 1
+    from . import static
+    try:
+        static.serve(directory, args.bind, args.port, args.threads,
+                     follow_symlinks=args.follow_symlinks, quiet=args.quiet)
+    except OSError as exc:  # port in use, address not ours (the directory was checked)
+        print(f"fastwrap serve: {_bind_problem(exc, args.bind, args.port)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_out(text: str) -> None:
+    """Print *text* to stdout; if its reader has gone (``| head -1``), end as cat does."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _reader_gone()
+
+
+def _reader_gone() -> NoReturn:
+    # Whatever is left would reach no one. A unix tool dies of SIGPIPE here
+    # (status 141 in a shell), silently: do the same, after pointing stdout
+    # at devnull so that the interpreter's last flush finds nothing to say.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(1)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # with the usage of the command they were given to, not the top level's
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "info":
-        print(info())
+        _write_out(info())
         return 0
     if args.command == "serve":
-        from . import static
-        try:
-            static.serve(args.directory, args.bind, args.port, args.threads,
-                         follow_symlinks=args.follow_symlinks, quiet=args.quiet)
-        except OSError as exc:  # no such directory, port in use, address not ours
-            print(f"fastwrap serve: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return _serve(args, commands["serve"])
     from . import _bench
-    return _bench.run(args)
+    return _bench.run(args, _write_out)
 
 
 if __name__ == "__main__":

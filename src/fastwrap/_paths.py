@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 log = logging.getLogger("fastwrap")
 
@@ -63,12 +64,30 @@ def named_in_environment() -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in spec.split(",") if p.strip())
 
 
+def _starting_the_command() -> bool:
+    """Whether this import starts a command (``fastwrap ...``, ``python -m fastwrap ...``).
+
+    The ``fastwrap`` script names itself in ``sys.argv[0]``; ``python -m``
+    leaves ``"-m"`` there while the interpreter imports the packages of the
+    module it is to run.  An error of this import would then reach no
+    program, only the interpreter, which prints it with a traceback.
+    """
+    first = sys.argv[0] if sys.argv else ""
+    return first == "-m" or os.path.basename(first) in (
+        "fastwrap", "fastwrap.exe", "fastwrap-script.py")
+
+
 def _from_environment() -> None:
     spec = os.environ.get("FASTWRAP_DISABLE", "")
     try:
         disable(*named_in_environment())
     except ValueError as exc:
-        raise ValueError(f"FASTWRAP_DISABLE={spec!r}: {exc}") from None
+        message = f"FASTWRAP_DISABLE={spec!r}: {exc}"
+        if _starting_the_command():
+            # A user at a prompt mistyped a variable: one line, not a traceback.
+            print(f"fastwrap: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise ValueError(message) from None
 
 
 _from_environment()

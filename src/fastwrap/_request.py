@@ -77,14 +77,18 @@ def read_headers(rfile: Any) -> Headers:
 
     Raises BadRequest (431 for too many or too long fields, 400 for a
     field with no colon, whitespace before the colon, or an obsolete line
-    folding, which RFC 9112 5.2 lets a server reject).
+    folding, which RFC 9112 5.2 lets a server reject), and EOFError when
+    the client stops sending before the empty line: a head cut short is
+    no request, whatever it held so far.
     """
     fields: list[tuple[str, str]] = []
     while True:
         line = rfile.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
             raise BadRequest(431, "a header line is too long")
-        if line in (b"\r\n", b"\n", b""):
+        if not line:
+            raise EOFError("the request head ended before its empty line")
+        if line in (b"\r\n", b"\n"):
             return Headers(fields)
         if len(fields) >= MAX_HEADERS:
             raise BadRequest(431, f"more than {MAX_HEADERS} header fields")
@@ -94,3 +98,15 @@ def read_headers(rfile: Any) -> Headers:
         if not colon or not name or name != name.rstrip() or b" " in name or b"\t" in name:
             raise BadRequest(400, f"a malformed header line: {line[:80]!r}")
         fields.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+
+
+def check_host(headers: Headers, version: tuple[int, int]) -> None:
+    """RFC 9112 3.2: 400 for an HTTP/1.1 request without Host, and for any with several.
+
+    (HTTP/1.0 predates Host: its requests may go without.)
+    """
+    hosts = headers.get_all("Host", [])
+    if len(hosts) > 1:
+        raise BadRequest(400, f"{len(hosts)} Host header fields")
+    if not hosts and version >= (1, 1):
+        raise BadRequest(400, "an HTTP/1.1 request without a Host header field")

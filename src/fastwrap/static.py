@@ -14,7 +14,7 @@ there the range is read and yielded instead: slower, but exact everywhere.
 
 Nothing outside *root* is ever served.  The path is checked segment by
 segment (NUL, ``..``, separators smuggled into a segment, percent-encoded
-slashes in the raw request line), then resolved, and a file whose real path
+separators in the raw request line), then resolved, and a file whose real path
 leaves *root* through a symbolic link is refused unless *follow_symlinks*.
 Hostile or malformed requests get 400, 403 or 404, never a traceback.
 """
@@ -47,7 +47,10 @@ _O_PATH = (getattr(os, "O_PATH", 0) | getattr(os, "O_CLOEXEC", 0)
            if sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd") else 0)
 # Characters that separate path segments on this platform, besides "/".
 _SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep and sep != "/")
-_ENCODED_SLASH = ("%2f", "%5c")
+# Percent-encoded, a separator would hide inside one segment of the request.
+# A backslash is one only where the platform says so (Windows): on POSIX it is
+# an ordinary character of file names, which the listing links to as %5C.
+_ENCODED_SEPARATORS = ("%2f",) + (("%5c",) if "\\" in _SEPARATORS else ())
 _mimetypes = mimetypes.MimeTypes()
 
 
@@ -112,8 +115,8 @@ class StaticFiles:
     def _resolve(self, environ: _Environ) -> str:
         """The real path under root for the request, or a _Refusal saying why not."""
         raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").split("?", 1)[0].lower()
-        if any(enc in raw for enc in _ENCODED_SLASH):
-            raise _Refusal(400, "a percent-encoded slash in the request path")
+        if any(enc in raw for enc in _ENCODED_SEPARATORS):
+            raise _Refusal(400, "a percent-encoded path separator in the request path")
         path = environ.get("PATH_INFO", "") or "/"
         if not path.startswith("/"):
             raise _Refusal(400, "the request path is not absolute")

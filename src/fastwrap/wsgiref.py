@@ -30,6 +30,8 @@ __all__ = ["Handler", "RequestHandler", "Server", "install", "installed",
 
 _stock: Optional[tuple[Any, Any]] = None
 _SOCKET_WRITER: Any = getattr(socketserver, "_SocketWriter", ())
+#: The Server header of make_server's responses, and its SERVER_SOFTWARE.
+_SERVER_SOFTWARE = f"fastwrap/{fastwrap.__version__}"
 
 
 def _result_is_file(self: Any) -> bool:
@@ -177,6 +179,7 @@ class Handler(simple_server.ServerHandler):
     """A wsgiref handler speaking HTTP/1.1 with fastwrap for file responses."""
 
     http_version = "1.1"
+    server_software = _SERVER_SOFTWARE
     wsgi_file_wrapper = fastwrap.FileWrapper  # type: ignore[assignment]
     result_is_file = _result_is_file
     sendfile = _sendfile
@@ -243,10 +246,14 @@ class RequestHandler(simple_server.WSGIRequestHandler):
     """HTTP/1.1 with keep-alive: requests on a connection until either side closes it."""
 
     protocol_version = "HTTP/1.1"
+    server_version = _SERVER_SOFTWARE
     timeout = 30  # an idle keep-alive connection gives its thread back after this
     handler_class = Handler
     body_path = "-"
     quiet = False
+
+    def version_string(self) -> str:
+        return self.server_version  # not http.server's "Python/3.x" after it
 
     def parse_request(self) -> bool:
         """``http.server``'s checks of the request line, with a lean header reader.
@@ -259,6 +266,9 @@ class RequestHandler(simple_server.WSGIRequestHandler):
         self.request_version = version = "HTTP/1.1"
         self.close_connection = True
         self.requestline = requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        if not self.raw_requestline.endswith(b"\n"):
+            self._cut_short(400)  # the connection ended inside the request line
+            return False
         words = requestline.split()
         if len(words) != 3:
             # No HTTP/0.9: a server this fast should not answer without headers.
@@ -281,16 +291,51 @@ class RequestHandler(simple_server.WSGIRequestHandler):
             self.path = "/" + path.lstrip("/")
         try:
             self.headers = _request.read_headers(self.rfile)  # type: ignore[assignment]
+            _request.check_host(self.headers, number)  # type: ignore[arg-type]
         except _request.BadRequest as exc:
             self.send_error(exc.status, str(exc))
+            return False
+        except (EOFError, ConnectionError):
+            self._cut_short(400)
+            return False
+        except socket.timeout:
+            self._cut_short(408)
             return False
         connection = self.headers.get("Connection", "").lower()
         self.close_connection = not (
             connection == "keep-alive" or (number >= (1, 1) and connection != "close"))
         if (self.headers.get("Expect", "").lower() == "100-continue"
                 and number >= (1, 1)):
-            return self.handle_expect_100()
+            try:
+                return self.handle_expect_100()
+            except ConnectionError:
+                self._cut_short(400)  # gone before it could send the body
+                return False
         return True
+
+    def _cut_short(self, status: int) -> None:
+        """The client stopped sending inside its request: it closed, reset, or fell silent.
+
+        Nothing is served for a request that never ended.  A bare *status*
+        goes out in case the client only half-closed and still reads, and the
+        request gets its one access-log line, whether that answer arrives or not.
+        """
+        self.close_connection = True
+        try:
+            self.send_response(status)  # logs the request
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+        except OSError:
+            pass  # it has gone: there is no one to tell
+
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        try:
+            super().send_error(code, message, explain)
+        except ConnectionError:
+            # The client left before its error page: the request is logged already.
+            self.close_connection = True
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         """One access-log line: the request, status, body bytes really sent, path taken."""

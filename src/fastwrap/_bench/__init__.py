@@ -49,25 +49,28 @@ from .model import (
     EXIT_INTERRUPTED, EXIT_USAGE, MEDIUM, MIB, SECTIONS, SMALL, BenchError, Settings, Table,
 )
 from .plot import matplotlib_problem, plot
-from .report import render, report
+from .report import findings, render, report
 from .rounds import Progress, run_rounds
 from .servers import start_servers, wait_until_listening
 from .tables import Bench, _size_label, build_tables
 
-__all__ = ["SECTIONS", "add_arguments", "run"]
+__all__ = ["SECTIONS", "add_arguments", "run", "whole_number"]
 
 
 # -- arguments ------------------------------------------------------------------
 
-def _at_least_one(what: str) -> Callable[[str], int]:
+def whole_number(option: str, low: int = 1, high: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: an int from *low* (to *high*), or an error naming *option*."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{what} must be a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{what} must be at least 1, got {value}")
+                f"{option} must be a whole number, got {text!r}") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{option} must be {low}-{high}, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{option} must be at least {low}, got {value}")
         return value
     return parse
 
@@ -76,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``fastwrap bench``."""
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of a few seconds: small sizes, 2 rounds")
-    parser.add_argument("--rounds", type=_at_least_one("--rounds"), default=None, metavar="N",
+    parser.add_argument("--rounds", type=whole_number("--rounds"), default=None, metavar="N",
                         help="interleaved rounds (default: 5; 2 with --quick)")
-    parser.add_argument("--size-mib", type=_at_least_one("--size-mib"), default=None,
+    parser.add_argument("--size-mib", type=whole_number("--size-mib"), default=None,
                         metavar="N", help="size of the large file in MiB "
                                           "(default: 256; 2 with --quick)")
     parser.add_argument("--json", metavar="FILE",
@@ -196,8 +199,12 @@ def measure_all(settings: Settings, progress: Progress) -> tuple[list[Table], di
     return tables, data
 
 
-def run(args: argparse.Namespace) -> int:
-    """``fastwrap bench``: 0 when every contender ran, 1 when one failed, 130 on Ctrl-C."""
+def run(args: argparse.Namespace, write: Callable[[str], None] = print) -> int:
+    """``fastwrap bench``: 0 when every contender ran, 1 when one failed, 130 on Ctrl-C.
+
+    The tables and the closing lines go through *write*: the command's
+    handles a reader that went away (``| head``).
+    """
     problem = problems_before_start(args)
     if problem:
         print(f"fastwrap bench: {problem[1]}", file=sys.stderr)
@@ -217,13 +224,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastwrap bench: {exc}", file=sys.stderr)
         return 1
     progress.clear()
-    print(render(tables, data), flush=True)
+    write(render(tables, data))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
             f.write("\n")
     if args.plot:
         plot(data, args.plot)
+    closing = findings(data)
+    if args.json:
+        closing.append(f"Every round, as JSON: {os.path.abspath(args.json)}")
+    if args.plot:
+        closing.append(f"The plot: {os.path.abspath(args.plot)}")
+    if not (args.json or args.plot):
+        closing.append("--json FILE keeps every round; --plot FILE.png draws the medians.")
+    write("\n" + "\n".join(closing))
     failures = [f"{t.key}: {c.name}: {c.failed}" for t in tables for c in t.contenders if c.failed]
     for failure in failures:
         print(f"fastwrap bench: FAILED {failure}", file=sys.stderr)

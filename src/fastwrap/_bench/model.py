@@ -12,6 +12,7 @@ SMALL = 4 * KIB
 MEDIUM = 1 * MIB
 CHUNK = 65536                  # the read loop's chunk, as in the stdlib's copy loops
 HANG = 600.0                   # how long a reply from a helper may take before the run is hung
+COST_BATCHES = 5               # a cost sample is the fastest of this many runs of its batch
 START_TIMEOUT = 60.0           # how long a server may take to say where it listens
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -129,7 +130,9 @@ SECTION_NOTES = {
     "b": ("http.server and wsgiref.simple_server answer HTTP/1.0, one request per connection "
           "(the client reconnects),",
           "and write their request logs to DEVNULL; fastwrap serve keeps the connection alive.",),
-    "c": ("overhead: us per transmission less a bare os.sendfile's in the same round "
+    "c": (f"each figure is the fastest of {COST_BATCHES} runs of the transmissions: "
+          "what they cost when nothing else got in the way;",
+          "overhead: us per transmission less a bare os.sendfile's in the same round "
           "(the kernel's share);",
           "CPU us: the sender's CPU time per transmission; x ... ovh: the ratio of the "
           "overheads.",),

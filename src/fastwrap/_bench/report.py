@@ -4,7 +4,9 @@ from __future__ import annotations
 import statistics
 from typing import Any, Sequence
 
-from .model import MICROS, OVERHEAD, SECTION_NOTES, SECTIONS, Metric, Settings, Table
+from .model import (
+    COST_BATCHES, MICROS, OVERHEAD, SECTION_NOTES, SECTIONS, Metric, Settings, Table,
+)
 
 
 # -- summing up -------------------------------------------------------------------------------
@@ -21,20 +23,37 @@ def ratio(fastwrap_median: float, baseline_median: float, higher_is_better: bool
 
 
 def derive_overhead(table: Table) -> None:
-    """Per round: each contender's time per transmission less the reference's."""
+    """Per round: each contender's time per transmission less the reference's.
+
+    No way of sending costs less than the bare os.sendfile it wraps: a
+    difference below zero says only that the reference's sample was the
+    slower one, by noise.  It counts as 0 (its "measured" value is kept),
+    and a note under the table says where that happened.
+    """
     if table.reference is None:
         return
     reference = table.contender(table.reference)
     base = {entry["round"]: entry[MICROS.key] for entry in reference.rounds}
     overheads: dict[str, list[dict[str, float]]] = {}
+    below = []
     for contender in table.contenders:
         if contender.name == reference.name or not contender.rounds:
             continue
-        rows = [{"round": entry["round"], "value": entry[MICROS.key] - base[entry["round"]]}
-                for entry in contender.rounds if entry["round"] in base]
+        rows = []
+        for entry in contender.rounds:
+            if entry["round"] in base:
+                measured = entry[MICROS.key] - base[entry["round"]]
+                rows.append({"round": entry["round"], "value": max(measured, 0.0),
+                             "measured": measured})
         if rows:
             overheads[contender.name] = rows
+        rounds = sum(1 for row in rows if row["measured"] < 0)
+        if rounds:
+            below.append(f"{contender.name} in {rounds} of {len(rows)}")
     table.derived[OVERHEAD.key] = overheads
+    if below:
+        table.notes += ("overhead counted as 0 where it came out below 0, which only noise "
+                        f"in the reference's sample can do: {'; '.join(below)} rounds",)
 
 
 def metric_values(table: Table, name: str, metric: Metric) -> list[float]:
@@ -92,6 +111,7 @@ def report(tables: list[Table], settings: Settings, described: dict[str, Any],
         "settings": {"rounds": settings.rounds, "quick": settings.quick,
                      "large_bytes": settings.large, "small_times": settings.small_times,
                      "medium_times": settings.medium_times, "cost_times": settings.cost_times,
+                     "cost_batches": COST_BATCHES,
                      "http_seconds": settings.http_seconds, "clients": settings.clients},
         "ratio_meaning": "fastwrap's median over the baseline's for higher-is-better metrics, "
                          "the baseline's over fastwrap's otherwise: above 1, fastwrap does better",
@@ -187,3 +207,43 @@ def render(tables: list[Table], data: dict[str, Any]) -> str:
         lines += render_table(table, out["ratios"])
     lines += ["", f"took {data['seconds']:.0f} s"]
     return "\n".join(lines)
+
+
+# -- the closing lines -----------------------------------------------------------------------
+
+def _headlines(engine: str) -> list[tuple[str, str, str, str, str]]:
+    """(what, table key, contender, metric key, unit) of the figures the closing lines quote."""
+    return [
+        ("a) the largest file, loopback TCP", "a/large/tcp", f"fastwrap {engine} sendfile",
+         "gbps", "GB/s"),
+        ("b) 4 KiB files over HTTP", "b/small", "fastwrap serve", "requests_per_s", "req/s"),
+        ("c) one 4 KiB transmission, loopback TCP", "c/tcp", f"fastwrap {engine}",
+         OVERHEAD.key, "us over a bare os.sendfile"),
+        ("d) a pipe source, loopback TCP", "d/pipe/tcp", f"fastwrap {engine}", "cpu_s_per_gb",
+         "CPU s/GB"),
+    ]
+
+
+def findings(data: dict[str, Any]) -> list[str]:
+    """A line for the headline figure of each section: the default engine's, with its ratios."""
+    tables = {table["key"]: table for table in data["tables"]}
+    lines = []
+    for what, key, name, metric, unit in _headlines(data["machine"]["implementation"]):
+        table = tables.get(key)
+        if table is None:
+            continue
+        derived = table["derived"].get(metric, {}).get(name)
+        contender = next((c for c in table["contenders"] if c["name"] == name), None)
+        if derived is not None:
+            median = derived["median"]
+        elif contender is not None and "summary" in contender:
+            median = contender["summary"][metric]["median"]
+        else:
+            continue  # skipped or failed: its table says why
+        ratios = [f"{r['value']:.2f}x {r['baseline']}" for r in table["ratios"]
+                  if r["contender"] == name and r["metric"] == metric]
+        lines.append(f"  {what}: {name} {fmt(median)} {unit}"
+                     + (f" ({', '.join(ratios)})" if ratios else ""))
+    if lines:
+        lines.insert(0, "Found (medians; Nx: N times better than that baseline):")
+    return lines
