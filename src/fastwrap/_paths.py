@@ -73,8 +73,11 @@ def _starting_the_command() -> bool:
     program, only the interpreter, which prints it with a traceback.
     """
     first = sys.argv[0] if sys.argv else ""
-    return first == "-m" or os.path.basename(first) in (
-        "fastwrap", "fastwrap.exe", "fastwrap-script.py")
+    if first == "-m":
+        # Which module -m runs: sys.orig_argv says (3.10+); 3.9 cannot tell.
+        argv = getattr(sys, "orig_argv", None)
+        return argv is None or "fastwrap" in argv or "-mfastwrap" in argv
+    return os.path.basename(first) in ("fastwrap", "fastwrap.exe", "fastwrap-script.py")
 
 
 def _from_environment() -> None:
