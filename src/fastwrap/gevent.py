@@ -36,14 +36,13 @@ from __future__ import annotations
 import socket
 from typing import Any, Dict, List, Optional, Tuple
 
+from ._optional import reraise
+
 try:
     import gevent
     from gevent import pywsgi
 except ModuleNotFoundError as exc:
-    if exc.name != "gevent":
-        raise
-    raise ModuleNotFoundError("fastwrap.gevent needs gevent, which is not installed: "
-                              "pip install gevent", name="gevent") from None
+    raise reraise(exc, "fastwrap.gevent", "gevent", "pip install gevent") from None
 from gevent.hub import get_hub
 from gevent.socket import wait as _wait
 

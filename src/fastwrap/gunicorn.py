@@ -46,13 +46,12 @@ import logging
 import re
 from typing import Any, Callable, Dict, Iterator
 
+from ._optional import reraise
+
 try:
     import gunicorn  # type: ignore[import-untyped]
 except ModuleNotFoundError as exc:
-    if exc.name != "gunicorn":
-        raise
-    raise ModuleNotFoundError("fastwrap.gunicorn needs gunicorn, which is not installed: "
-                              "pip install gunicorn", name="gunicorn") from None
+    raise reraise(exc, "fastwrap.gunicorn", "gunicorn", "pip install gunicorn") from None
 from gunicorn.http.wsgi import Response  # type: ignore[import-untyped]
 from gunicorn.workers import gthread, sync  # type: ignore[import-untyped]
 

@@ -82,49 +82,22 @@ import logging
 import os
 import socket
 import stat
-import sys
 import types
 import warnings
 from typing import Any, Callable, Coroutine, Dict, List, Optional, Set, Tuple, cast
 
 import fastwrap
 from fastwrap import serving
+from fastwrap._optional import missing, reraise
 from fastwrap.asyncio import _writable
 
 #: What installs this module's dependencies.
 _INSTALL = "pip install 'fastwrap[uvicorn]'"
 
-
-class _MissingDependency(ModuleNotFoundError):
-    """Something fastwrap.uvicorn needs is not installed."""
-
-
-def _missing(what: str, module: str, install: str = _INSTALL) -> _MissingDependency:
-    """The error for *what* without *module*: uncaught, its one line is all that is printed.
-
-    uvicorn resolves ``--http`` deep in its own startup, where a traceback
-    would be some fifty lines of uvicorn and click above the one that matters.
-    """
-    previous = sys.excepthook
-    if not getattr(previous, "fastwrap_missing", False):
-        def excepthook(kind: Any, value: Any, traceback: Any) -> None:
-            if isinstance(value, _MissingDependency):
-                print(value, file=sys.stderr)
-            else:
-                previous(kind, value, traceback)
-
-        excepthook.fastwrap_missing = True  # type: ignore[attr-defined]
-        sys.excepthook = excepthook
-    return _MissingDependency(f"{what} needs {module}, which is not installed: {install}",
-                              name=module)
-
-
 try:
     from uvicorn.protocols.http import h11_impl
 except ModuleNotFoundError as exc:
-    if exc.name != "uvicorn":
-        raise
-    raise _missing("fastwrap.uvicorn", "uvicorn") from None
+    raise reraise(exc, "fastwrap.uvicorn", "uvicorn", _INSTALL) from None
 
 try:
     from uvicorn.protocols.http import httptools_impl
@@ -728,7 +701,7 @@ def __getattr__(name: str) -> Any:
     if name == "HttpToolsProtocol":
         # An ImportError, not an AttributeError: uvicorn's --http would say
         # only that the attribute was not found.
-        raise _missing("fastwrap.uvicorn:HttpToolsProtocol", "httptools",
+        raise missing("fastwrap.uvicorn:HttpToolsProtocol", "httptools",
                        f"{_INSTALL} (or name fastwrap.uvicorn:H11Protocol)")
     if name == "UvicornWorker":
         return _worker_class()
@@ -747,7 +720,7 @@ def _worker_class() -> type:
         except ModuleNotFoundError as exc:
             # No gunicorn, or a uvicorn without the worker class it moved out.
             needed = "gunicorn" if exc.name == "gunicorn" else "uvicorn-worker"
-            raise _missing("fastwrap.uvicorn.UvicornWorker", needed,
+            raise missing("fastwrap.uvicorn.UvicornWorker", needed,
                            f"pip install {needed}") from None
     Base: Any = module.UvicornWorker
     protocol = "HttpToolsProtocol" if httptools_impl is not None else "H11Protocol"
