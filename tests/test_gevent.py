@@ -191,6 +191,15 @@ def test_content_length_smaller_than_file_sends_exactly_that_and_keeps_alive(ser
         conn.close()
 
 
+def test_a_content_length_that_is_no_number_is_replaced_not_doubled(server):
+    raw = raw_exchange(server, b"GET /file?name=small.bin&cl=abc HTTP/1.1\r\nHost: x\r\n"
+                               b"Connection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    assert lengths == [b"Content-Length: %d" % len(SMALL)]
+    assert body == SMALL
+
+
 def test_no_content_length_is_set_from_the_file_and_keeps_alive(server):
     conn = connect(server)
     try:

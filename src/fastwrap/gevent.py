@@ -116,6 +116,9 @@ class WSGIHandler(pywsgi.WSGIHandler):
         self._fastwrap_framing = framing
         if framing.content_length is not None:
             value = str(framing.content_length)
+            # In place of the application's, if it gave one that is no number.
+            self.response_headers = [(k, v) for k, v in self.response_headers
+                                     if k.lower() != b"content-length"]
             self.response_headers.append((b"Content-Length", value.encode("latin-1")))
             self.provided_content_length = value
         head = self._render_headers()
