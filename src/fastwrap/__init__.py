@@ -27,6 +27,7 @@ Transmission = _engine.Transmission
 transmit = _engine.transmit
 select_path = _engine.select_path
 available_paths = _engine.available_paths
+resident = _engine.resident
 
 __all__ = [
     "FileWrapper",
@@ -39,6 +40,7 @@ __all__ = [
     "disable",
     "enable",
     "reset_stats",
+    "resident",
     "select_path",
     "stats",
     "transmit",

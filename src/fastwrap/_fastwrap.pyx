@@ -97,6 +97,21 @@ def available_paths():
     return _plan.available_paths(SUPPORTED_PATHS)
 
 
+def resident(file, offset, length):
+    """How many of the *length* bytes of *file* from *offset* are in the page cache.
+
+    Counted up to the first page that is not: fewer than *length* means that
+    reading on would wait for the disk (an event loop reads those in a worker
+    thread).  *file* is a descriptor or has ``fileno()``.  Where residency
+    cannot be probed (no ``mincore``), every byte counts as resident.
+    """
+    return _plan.resident(_resident_window, file, offset, length)
+
+
+def _resident_window(int fd, int64_t offset, int64_t length):
+    return fw_resident(fd, offset, length)
+
+
 cdef inline int _raise_errno(int err) except -1:
     raise OSError(err, _os.strerror(err))
 
@@ -245,6 +260,7 @@ cdef class Transmission:
     cdef int _wait_events
     cdef bint _has_sock         # dest is a socket object: its timeout applies
     cdef bint _nowait           # never wait for the disk in a step: report it
+    cdef int64_t _resident_end  # the file is known to be in the page cache up to here
     cdef object _timeout
     # Set by _adopt_plain_file, which builds no plan: what finishing needs,
     # and what a plan built late (to fall back) is built from.
@@ -263,6 +279,7 @@ cdef class Transmission:
         self.sent = 0
         self.done = False
         self._nowait = nowait
+        self._resident_end = 0
         if not self._adopt_plain_file(source, dest, count):
             self._adopt(_plan.Plan(source, dest, count, SUPPORTED_PATHS))
         self._prefix = headers if type(headers) is bytes else _plan.check_headers(headers)
@@ -665,8 +682,13 @@ cdef class Transmission:
             count = self._length - self.sent
             if self._nowait:
                 # Only what is in the page cache: sendfile(2) of the rest
-                # would hold the event loop while the disk reads it.
-                count = fw_resident(self._src_fd, self._offset, min(count, FW_RESIDENT_WINDOW))
+                # would hold the event loop while the disk reads it.  A probe
+                # covers a whole window, and a step often sends far less (what
+                # the socket takes): the next steps send from the same probe.
+                if self._offset >= self._resident_end:
+                    self._resident_end = self._offset + fw_resident(
+                        self._src_fd, self._offset, min(count, FW_RESIDENT_WINDOW))
+                count = min(count, self._resident_end - self._offset)
                 if count == 0:
                     self._would_block(self._src_fd, FW_WAIT_DISK)
                     break

@@ -169,6 +169,7 @@ class Transmission:
                  headers: Any = b"", *, nowait: bool = False) -> None:
         self._plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
         self._nowait = nowait  # never wait for the disk in a step: report it
+        self._resident_end = 0  # the file is known to be in the page cache up to here
         self._blocked = False
         self._prefix = check_headers(headers)
         self._prefix_more = False
@@ -347,9 +348,14 @@ class Transmission:
             count = min(self._remaining(), MAX_CALL)
             if self._nowait:
                 # Only what is in the page cache: sendfile(2) of the rest
-                # would hold the event loop while the disk reads it.
-                count = _resident(plan.src_fd, plan.start + self.sent,
-                                  min(count, _plan.RESIDENT_WINDOW))
+                # would hold the event loop while the disk reads it.  A probe
+                # covers a whole window, and a step often sends far less (what
+                # the socket takes): the next steps send from the same probe.
+                offset = plan.start + self.sent
+                if offset >= self._resident_end:
+                    self._resident_end = offset + _resident(
+                        plan.src_fd, offset, min(count, _plan.RESIDENT_WINDOW))
+                count = min(count, self._resident_end - offset)
                 if count == 0:
                     self._wait = (plan.src_fd, _plan.WAIT_DISK)
                     raise BlockingIOError(errno.EAGAIN, "the file's next bytes are on the disk")
@@ -502,6 +508,17 @@ def transmit_file(source: Any, dest: Any, count: Optional[int] = None,
                   headers: Any = b"") -> int:
     """Blocking transmission of *source* (a file, buffer or FileWrapper)."""
     return Transmission(source, dest, count, headers).run()
+
+
+def resident(file: Any, offset: int, length: int) -> int:
+    """How many of the *length* bytes of *file* from *offset* are in the page cache.
+
+    Counted up to the first page that is not: fewer than *length* means that
+    reading on would wait for the disk (an event loop reads those in a worker
+    thread).  *file* is a descriptor or has ``fileno()``.  Where residency
+    cannot be probed (no ``mincore``), every byte counts as resident.
+    """
+    return _plan.resident(_resident, file, offset, length)
 
 
 def _unread(reader: Any, n: int) -> None:
