@@ -512,12 +512,18 @@ def test_stream_cancelled_mid_file_stays_usable_and_leaks_nothing(run, engine, t
 # -- what the loop waits for: the source, the destination, the disk -------------------------
 
 class Recorder:
-    """The engine's Transmission class, counting ``send()`` calls and where ``fetch()`` ran."""
+    """The engine's Transmission class, counting ``send()`` calls and where ``fetch()`` ran.
+
+    *events* lists the fetches' starts and ends and the closes, in order;
+    *before_fetch*, when set, runs in the fetching thread before the fetch.
+    """
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
         self.sends = 0
         self.fetch_threads: List[int] = []
+        self.events: List[str] = []
+        self.before_fetch: Callable[[], None] = lambda: None
 
     def __call__(self, *args: Any, **kwargs: Any) -> "_Recorded":
         return _Recorded(self, self.cls(*args, **kwargs))
@@ -534,7 +540,14 @@ class _Recorded:
 
     def fetch(self) -> None:
         self._recorder.fetch_threads.append(threading.get_ident())
+        self._recorder.events.append("fetch")
+        self._recorder.before_fetch()
         self._tx.fetch()
+        self._recorder.events.append("fetched")
+
+    def close(self) -> None:
+        self._recorder.events.append("close")
+        self._tx.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tx, name)
@@ -610,6 +623,50 @@ def test_a_cold_file_is_read_in_off_the_loop_while_the_loop_runs(run, recorder, 
     assert recorder.fetch_threads, "the cold file was read on the loop"
     assert loop_thread not in recorder.fetch_threads
     assert ticks  # the loop ran other tasks during the transfer
+
+
+@needs_linux
+def test_cancelled_during_a_fetch_the_transmission_closes_after_it(run, recorder, cold_file):
+    fetching, cancelled = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        fetching.set()
+        assert cancelled.wait(HANG)
+
+    recorder.before_fetch = hold
+
+    async def send(conn: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        with open(cold_file, "rb") as f:
+            task = asyncio.ensure_future(fastwrap.asyncio.sendfile(conn, f))
+            await loop.run_in_executor(None, fetching.wait, HANG)
+            task.cancel()
+            await asyncio.sleep(0)  # the cancellation reaches the task mid-fetch
+            cancelled.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return f.tell()
+
+    position, received = run(serve("socket", send))
+    # The file was read from (and the transmission open) until the fetch returned.
+    assert recorder.events[:3] == ["fetch", "fetched", "close"]
+    assert received == BIG[:position]
+
+
+@needs_linux
+def test_read_of_a_cold_file_cancelled_leaves_it_where_it_was(run, cold_file):
+    async def main() -> None:
+        with open(cold_file, "rb") as f:
+            f.seek(1000)
+            reading = asyncio.ensure_future(fastwrap.asyncio.read(f, 256 * 1024))
+            await asyncio.sleep(0)  # in a worker thread now: the file is cold
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+            assert f.tell() == 1000  # the bytes read went nowhere
+            assert await fastwrap.asyncio.read(f, 10) == BIG[1000:1010]
+
+    run(main())
 
 
 # -- the pure-Python engine, chosen the way an operator would -------------------------------
