@@ -6,7 +6,8 @@
   absolute path or one relative to the working directory);
 - ``/raw/...``: a bare ASGI app using ``http.response.zerocopysend`` and
   ``http.response.pathsend`` directly, with the cases Starlette never sends
-  (and ``/raw/fail``, failing before it starts a response: uvicorn's own 500);
+  (and ``/raw/fail``, failing before it starts a response: uvicorn's own 500),
+  and the sources an event loop must wait for (an empty pipe, a cold file);
 - anything else: a Starlette app (``FileResponse``, ``StaticFiles`` with its
   304 and Range answers, and a few non-file responses to compare with stock
   uvicorn); ``/stale/...`` answers a ``FileResponse`` given the stat of
@@ -14,17 +15,23 @@
   (StaticFiles passes its own stat the same way).
 
 ``GET /__stats__`` answers this process's ``fastwrap.stats()`` plus what the
-raw app observed (disconnects reported by ``receive()``, file positions).
+raw app observed (disconnects reported by ``receive()``, file positions, and
+for the waiting sources the engine's steps and where the disk was read).
 The files live in ``$FASTWRAP_TEST_DIR``.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
 import os
-from typing import Any, Callable, Dict, List
+import threading
+from typing import Any, Callable, Dict, Iterator, List
 from urllib.parse import parse_qs
 
 import fastwrap
+import fastwrap.asyncio
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,7 +42,7 @@ from starlette.staticfiles import StaticFiles
 DIRECTORY = os.environ.get("FASTWRAP_TEST_DIR", os.getcwd())
 
 #: What the raw app saw, reported by /__stats__.
-OBSERVED: Dict[str, Any] = {"disconnects": 0, "positions": []}
+OBSERVED: Dict[str, Any] = {"disconnects": 0, "positions": [], "waits": []}
 
 
 def _file(name: str) -> str:
@@ -200,6 +207,108 @@ async def raw_fail(scope: Dict[str, Any], receive: Callable, send: Callable) -> 
     raise RuntimeError("the application failed before starting its response")
 
 
+# -- sources the loop must wait for -----------------------------------------------------------
+
+#: What /raw/pipe sends: less than a pipe holds, so that its feeder never blocks.
+PIPED = bytes(range(256)) * 200
+
+
+@contextlib.contextmanager
+def _watching(observed: Dict[str, Any]) -> Iterator[None]:
+    """Count the engine's steps, and note whether each fetch() ran off the loop's thread."""
+    real = fastwrap.Transmission
+    looked_up = fastwrap.asyncio._Transmission
+    loop_thread = threading.get_ident()
+
+    class Watched:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._tx = real(*args, **kwargs)
+
+        def send(self) -> int:
+            observed["sends"] += 1
+            return int(self._tx.send())
+
+        def fetch(self) -> None:
+            observed["off_loop"].append(threading.get_ident() != loop_thread)
+            self._tx.fetch()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._tx, name)
+
+    fastwrap.Transmission = fastwrap.asyncio._Transmission = Watched  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        fastwrap.Transmission = real  # type: ignore[misc]
+        fastwrap.asyncio._Transmission = looked_up
+        OBSERVED["waits"].append(observed)
+
+
+async def _tick(observed: Dict[str, Any]) -> None:
+    """Counts the loop's turns while a file is sent: it must keep turning."""
+    while True:
+        observed["ticks"] += 1
+        await asyncio.sleep(0)
+
+
+def _observation() -> Dict[str, Any]:
+    return {"sends": 0, "off_loop": [], "cold_on_loop": 0, "ticks": 0}
+
+
+class _ReadWatched(io.FileIO):
+    """A file whose read() calls note whether they ran off the loop's thread."""
+
+    def __init__(self, path: str, observed: Dict[str, Any]) -> None:
+        super().__init__(path, "rb")
+        self.observed = observed
+        self.loop_thread = threading.get_ident()
+
+    def read(self, size: int = -1) -> bytes:
+        on_loop = threading.get_ident() == self.loop_thread
+        self.observed["off_loop"].append(not on_loop)
+        want = min(size, os.fstat(self.fileno()).st_size - self.tell())
+        if on_loop and want > 0 and fastwrap.resident(self, self.tell(), want) < want:
+            self.observed["cold_on_loop"] += 1  # the loop is about to wait for the disk
+        return super().read(size)
+
+
+async def raw_pipe(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """zerocopysend of a non-blocking pipe that stays empty for half a second."""
+    with_length = _query(scope).get("cl") == "1"
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def feed() -> None:
+        with open(w, "wb") as pipe:
+            pipe.write(PIPED)
+
+    feeder = threading.Timer(0.5, feed)
+    with open(r, "rb", buffering=0) as f, _watching(_observation()):
+        await send(_head(len(PIPED) if with_length else None))
+        feeder.start()
+        await send({"type": "http.response.zerocopysend", "file": f})
+    feeder.join()
+
+
+async def raw_cold(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """A file (which the test evicted from the page cache) sent while the loop ticks.
+
+    pathsend by default; ``?via=read`` hands over a file whose read() calls
+    are watched, for TLS, where the file is read and copied.
+    """
+    path = _file("cold.bin")
+    observed = _observation()
+    ticker = asyncio.ensure_future(_tick(observed))
+    with _watching(observed):
+        await send(_head(os.path.getsize(path)))
+        if _query(scope).get("via") == "read":
+            with _ReadWatched(path, observed) as f:
+                await send({"type": "http.response.zerocopysend", "file": f})
+        else:
+            await send({"type": "http.response.pathsend", "path": path})
+    ticker.cancel()
+
+
 RAW: Dict[str, Callable] = {
     "/raw/zerocopy": raw_zerocopy,
     "/raw/descriptor": raw_descriptor,
@@ -208,6 +317,8 @@ RAW: Dict[str, Callable] = {
     "/raw/disconnect": raw_disconnect,
     "/raw/scope": raw_scope,
     "/raw/fail": raw_fail,
+    "/raw/pipe": raw_pipe,
+    "/raw/cold": raw_cold,
 }
 
 
@@ -247,4 +358,4 @@ async def app(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
         await starlette_app(scope, receive, send)
 
 
-__all__: List[str] = ["app", "starlette_app", "fastapi_app", "mixed_expected", "MIXED"]
+__all__: List[str] = ["app", "starlette_app", "fastapi_app", "mixed_expected", "MIXED", "PIPED"]

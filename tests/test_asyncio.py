@@ -3,23 +3,25 @@
 Each test runs on the default event loop and on uvloop (when installed), and
 with either engine (the ``engine`` fixture points the helper at it).  The
 clients are blocking sockets in threads; the server is the event loop in the
-test's thread.
+test's thread: sockets it accepts itself, or ``asyncio.start_server`` streams.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import socket
 import threading
-from typing import Any, Callable, Coroutine, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Coroutine, List, Optional, Tuple
 
 import pytest
 
 import fastwrap
 import fastwrap.asyncio
-from _support import HANG, open_fds, random_bytes, run_python
+from _support import HANG, needs_linux, open_fds, random_bytes, run_python
+from test_waiting import evict, resident_pages
 
 DATA = random_bytes(3_000_017, seed=81)
 BIG = random_bytes(24 * 1024 * 1024 + 3, seed=82)  # beyond any socket buffers
@@ -320,6 +322,349 @@ def test_peer_gone_raises_and_cleans_up(run, engine, tmp_path):
                 assert f.tell() < len(BIG)
             conn.close()
         assert open_fds() == baseline
+
+    run(main())
+
+
+# -- asyncio streams: a StreamWriter, or its transport -------------------------------------
+
+PREAMBLE = random_bytes(2 * 1024 * 1024 + 1, seed=83)  # more than the socket takes at once
+
+
+async def serve(dest: str, send: Callable[[Any], Coroutine],
+                make_client: Callable[[Tuple[str, int]], Client] = (
+                    lambda address: Client(address, rcvbuf=32 * 1024))) -> Tuple[Any, bytes]:
+    """Serve one connection, call ``send(target)`` on it; its result and what the client read.
+
+    *dest* says what the server holds and hands to *send*: ``"socket"``, a
+    socket it accepted itself; ``"writer"`` or ``"transport"``, the
+    ``StreamWriter`` of an ``asyncio.start_server`` handler or its transport.
+    The connection is closed when *send* returns.
+    """
+    loop = asyncio.get_running_loop()
+    if dest == "socket":
+        with listener() as lst:
+            client = make_client(lst.getsockname())
+            client.start()
+            conn, _ = await loop.sock_accept(lst)
+            with conn:
+                conn.setblocking(False)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+                result = await send(conn)
+    else:
+        finished = loop.create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            try:
+                target = writer if dest == "writer" else writer.transport
+                finished.set_result(await send(target))
+            except BaseException as exc:
+                finished.set_exception(exc)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        try:
+            client = make_client(server.sockets[0].getsockname())
+            client.start()
+            result = await asyncio.shield(finished)
+        finally:
+            server.close()
+    return result, await loop.run_in_executor(None, client.result)
+
+
+@contextlib.asynccontextmanager
+async def stream_pair(server_ssl: Any = None,
+                      client_ssl: Any = None) -> AsyncIterator[Tuple[Any, Any]]:
+    """Both ends of one streams connection on the running loop: (server's, client's)."""
+    loop = asyncio.get_running_loop()
+    accepted = loop.create_future()
+    server = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)),
+                                        "127.0.0.1", 0, ssl=server_ssl)
+    ends: List[Any] = []
+    try:
+        port = server.sockets[0].getsockname()[1]
+        ends.append(await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ssl,
+            server_hostname="localhost" if client_ssl else None))
+        ends.insert(0, await accepted)
+        yield ends[0], ends[1]
+    finally:
+        for _, writer in ends:
+            writer.close()
+        server.close()
+
+
+@pytest.mark.parametrize("dest", ["writer", "transport"])
+def test_stream_gets_the_file_after_what_the_writer_buffered(run, engine, data_file, dest):
+    async def send(target: Any) -> Tuple[int, int, bool]:
+        writer_transport = target.transport if dest == "writer" else target
+        target.write(HEADERS)
+        target.write(PREAMBLE)
+        # The socket took part of it; the rest waits in the transport, to go first.
+        assert writer_transport.get_write_buffer_size() > 0
+        f = data_file(skip=1001)
+        sent = await fastwrap.asyncio.sendfile(target, engine.FileWrapper(f), 2_000_000,
+                                               headers=b"<chunk>")
+        reading = writer_transport.is_reading()
+        target.write(b"<after>")
+        return sent, f.tell(), reading
+
+    (sent, position, reading), received = run(serve(dest, send))
+    assert received == HEADERS + PREAMBLE + b"<chunk>" + DATA[1001:2_001_001] + b"<after>"
+    assert sent == 2_000_000 and position == 2_001_001
+    assert reading  # paused while fastwrap owned the socket, resumed after
+
+
+@pytest.mark.parametrize("dest", ["writer", "transport"])
+@pytest.mark.parametrize("kind", ["bytes", "BytesIO"])
+def test_stream_gets_buffers_exactly(run, dest, kind):
+    source = {"bytes": lambda: BIG[:5_000_000], "BytesIO": lambda: io.BytesIO(BIG[:5_000_000])}
+
+    async def send(target: Any) -> int:
+        return await fastwrap.asyncio.sendfile(target, source[kind](), None, HEADERS)
+
+    sent, received = run(serve(dest, send))
+    assert (sent, received) == (5_000_000, HEADERS + BIG[:5_000_000])
+
+
+def test_a_transports_socket_is_refused_before_the_first_byte(run, data_file):
+    async def send(writer: asyncio.StreamWriter) -> None:
+        writer.write(HEADERS)
+        f = data_file()
+        with pytest.raises(ValueError, match="StreamWriter"):
+            await fastwrap.asyncio.sendfile(writer.get_extra_info("socket"), f)
+        assert f.tell() == 0
+        writer.write(b"<refused>")
+
+    _, received = run(serve("writer", send))
+    assert received == HEADERS + b"<refused>"
+
+
+@pytest.mark.parametrize("case", ["tls", "closing", "pipe"])
+def test_streams_it_cannot_send_on_are_refused_before_the_first_byte(run, engine, tls_contexts,
+                                                                     data_file, case):
+    async def main() -> None:
+        f = data_file()
+        if case == "pipe":
+            r, w = os.pipe()
+            with open(r, "rb") as out, open(w, "wb") as pipe:
+                transport, _ = await asyncio.get_running_loop().connect_write_pipe(
+                    asyncio.Protocol, pipe)
+                with pytest.raises(ValueError, match="socket"):
+                    await fastwrap.asyncio.sendfile(transport, f)
+                transport.close()
+                await asyncio.sleep(0)
+                assert out.read() == b""
+        else:
+            server_ssl, client_ssl = tls_contexts if case == "tls" else (None, None)
+            async with stream_pair(server_ssl, client_ssl) as ((_, writer), (reader, _)):
+                if case == "closing":
+                    writer.close()
+                    with pytest.raises(ConnectionError, match="closing"):
+                        await fastwrap.asyncio.sendfile(writer, f)
+                else:
+                    with pytest.raises(ValueError, match="TLS"):
+                        await fastwrap.asyncio.sendfile(writer, f, None, HEADERS)
+                    writer.write(b"<refused>")
+                    writer.close()
+                    assert await reader.read() == b"<refused>"
+        assert f.tell() == 0
+
+    run(main())
+
+
+def test_stream_cancelled_mid_file_stays_usable_and_leaks_nothing(run, engine, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(BIG)
+    release = threading.Event()
+    clients: List[Client] = []
+
+    def slow_client(address: Tuple[str, int]) -> Client:
+        clients.append(Client(address, cap=64 * 1024, release=release, rcvbuf=4096))
+        return clients[0]
+
+    async def send(writer: asyncio.StreamWriter) -> Tuple[int, bool]:
+        loop = asyncio.get_running_loop()
+        with open(big, "rb") as f:
+            baseline = open_fds()
+            writer.write(HEADERS)
+            task = asyncio.ensure_future(fastwrap.asyncio.sendfile(writer, f))
+            await loop.run_in_executor(None, clients[0].capped.wait, HANG)
+            assert not task.done()  # blocked on a client that stopped reading
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert open_fds() == baseline  # the duplicate of the socket is closed
+            reading = writer.transport.is_reading()
+            writer.write(b"<after>")  # goes on just after the last file byte that left
+            release.set()
+            return f.tell(), reading
+
+    (position, reading), received = run(serve("writer", send, slow_client))
+    assert 0 < position < len(BIG)
+    assert received == HEADERS + BIG[:position] + b"<after>"
+    assert reading
+
+
+# -- what the loop waits for: the source, the destination, the disk -------------------------
+
+class Recorder:
+    """The engine's Transmission class, counting ``send()`` calls and where ``fetch()`` ran.
+
+    *events* lists the fetches' starts and ends and the closes, in order;
+    *before_fetch*, when set, runs in the fetching thread before the fetch.
+    """
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.sends = 0
+        self.fetch_threads: List[int] = []
+        self.events: List[str] = []
+        self.before_fetch: Callable[[], None] = lambda: None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Recorded":
+        return _Recorded(self, self.cls(*args, **kwargs))
+
+
+class _Recorded:
+    def __init__(self, recorder: Recorder, tx: Any) -> None:
+        self._recorder = recorder
+        self._tx = tx
+
+    def send(self) -> int:
+        self._recorder.sends += 1
+        return int(self._tx.send())
+
+    def fetch(self) -> None:
+        self._recorder.fetch_threads.append(threading.get_ident())
+        self._recorder.events.append("fetch")
+        self._recorder.before_fetch()
+        self._tx.fetch()
+        self._recorder.events.append("fetched")
+
+    def close(self) -> None:
+        self._recorder.events.append("close")
+        self._tx.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+
+@pytest.fixture
+def recorder(run, engine, monkeypatch) -> Recorder:
+    made = Recorder(engine.Transmission)
+    monkeypatch.setattr(fastwrap.asyncio, "_Transmission", made)
+    return made
+
+
+PIPED = random_bytes(50_000, seed=84)  # fits in a pipe: the feeder never blocks
+
+
+@pytest.mark.parametrize("dest", ["socket", "writer"])
+def test_an_empty_pipe_is_waited_for_not_polled(run, recorder, dest):
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def feed() -> None:
+        with open(w, "wb") as pipe:
+            pipe.write(PIPED)
+
+    async def send(target: Any) -> int:
+        # The source stays empty for half a second: the loop must sleep on
+        # it, not ask the engine again and again.
+        feeder = threading.Timer(0.5, feed)
+        feeder.start()
+        try:
+            with open(r, "rb", buffering=0) as src:
+                return await fastwrap.asyncio.sendfile(target, src, None, HEADERS)
+        finally:
+            feeder.join()
+
+    sent, received = run(serve(dest, send))
+    assert (sent, received) == (len(PIPED), HEADERS + PIPED)
+    assert recorder.sends <= 10, f"{recorder.sends} send() calls for one wait"
+
+
+@pytest.fixture
+def cold_file(tmp_path) -> str:
+    path = str(tmp_path / "cold.bin")
+    with open(path, "wb") as f:
+        f.write(BIG[:6_000_000])
+    evict(path)
+    if resident_pages(path):
+        pytest.skip("this filesystem keeps evicted pages resident (no POSIX_FADV_DONTNEED)")
+    return path
+
+
+@needs_linux
+@pytest.mark.parametrize("dest", ["socket", "writer"])
+def test_a_cold_file_is_read_in_off_the_loop_while_the_loop_runs(run, recorder, cold_file,
+                                                                 dest):
+    ticks: List[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    async def send(target: Any) -> Tuple[int, int]:
+        ticking = asyncio.ensure_future(ticker())
+        try:
+            with open(cold_file, "rb") as f:
+                return await fastwrap.asyncio.sendfile(target, f), threading.get_ident()
+        finally:
+            ticking.cancel()
+
+    (sent, loop_thread), received = run(serve(dest, send))
+    assert sent == 6_000_000 and received == BIG[:6_000_000]
+    assert recorder.fetch_threads, "the cold file was read on the loop"
+    assert loop_thread not in recorder.fetch_threads
+    assert ticks  # the loop ran other tasks during the transfer
+
+
+@needs_linux
+def test_cancelled_during_a_fetch_the_transmission_closes_after_it(run, recorder, cold_file):
+    fetching, cancelled = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        fetching.set()
+        assert cancelled.wait(HANG)
+
+    recorder.before_fetch = hold
+
+    async def send(conn: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        with open(cold_file, "rb") as f:
+            task = asyncio.ensure_future(fastwrap.asyncio.sendfile(conn, f))
+            await loop.run_in_executor(None, fetching.wait, HANG)
+            task.cancel()
+            await asyncio.sleep(0)  # the cancellation reaches the task mid-fetch
+            cancelled.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return f.tell()
+
+    position, received = run(serve("socket", send))
+    # The file was read from (and the transmission open) until the fetch returned.
+    assert recorder.events[:3] == ["fetch", "fetched", "close"]
+    assert received == BIG[:position]
+
+
+@needs_linux
+def test_read_of_a_cold_file_cancelled_leaves_it_where_it_was(run, cold_file):
+    async def main() -> None:
+        with open(cold_file, "rb") as f:
+            f.seek(1000)
+            reading = asyncio.ensure_future(fastwrap.asyncio.read(f, 256 * 1024))
+            await asyncio.sleep(0)  # in a worker thread now: the file is cold
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+            assert f.tell() == 1000  # the bytes read went nowhere
+            assert await fastwrap.asyncio.read(f, 10) == BIG[1000:1010]
 
     run(main())
 

@@ -26,20 +26,23 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from _support import HANG, random_bytes
+from _support import HANG, needs_linux, random_bytes
 from conftest import import_compiled_engine
+from test_waiting import evict, resident_pages
 
 pytest.importorskip("uvicorn", reason="uvicorn is in the project's test extra")
 pytest.importorskip("starlette", reason="starlette is in the project's test extra")
 pytest.importorskip("fastapi", reason="fastapi is in the project's test extra")
 
-from _asgi_apps import mixed_expected  # noqa: E402
+from _asgi_apps import PIPED, mixed_expected  # noqa: E402
 from _asgi_servers import Server, serve_uvicorn  # noqa: E402
 
 SMALL = random_bytes(4096 + 3, seed=901)
 DATA = random_bytes(3_000_000 + 17, seed=902)
 BIG = random_bytes(24 * 1024 * 1024 + 5, seed=903)  # beyond any socket buffers
-FILES = {"small.bin": SMALL, "data.bin": DATA, "big.bin": BIG, "empty.bin": b""}
+COLD = BIG[:6_000_000]  # evicted from the page cache before it is asked for
+FILES = {"small.bin": SMALL, "data.bin": DATA, "big.bin": BIG, "empty.bin": b"",
+         "cold.bin": COLD}
 ZERO_COPY = "sendfile"
 
 
@@ -439,3 +442,56 @@ def test_answers_are_stock_uvicorns(http, data_dir):
         got = _answers(ours)
     for request, want, have in zip(SAMPLE_REQUESTS, expected, got):
         assert have == want, request
+
+
+# -- what the loop waits for: an empty pipe, a cold file ---------------------------------------
+
+def observed_during(server: Server, method: str, target: str) -> Tuple[Any, Dict[str, Any]]:
+    """The response to one request, and what the app observed of its file's sending."""
+    seen = len(server.stats()["waits"])
+    response = server.request(method, target)
+    observed, = server.stats()["waits"][seen:]
+    return response, observed
+
+
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_empty_pipe_is_waited_for_not_polled(server, framing):
+    # The pipe stays empty for half a second: the loop must sleep on it.
+    response, observed = observed_during(
+        server, "GET", f"/raw/pipe?cl={int(framing == 'content-length')}")
+    assert response.complete and response.body == PIPED
+    assert observed["sends"] <= 10, f"{observed['sends']} steps for one wait"
+
+
+def make_cold(data_dir: Any) -> None:
+    path = str(data_dir / "cold.bin")
+    evict(path)
+    if resident_pages(path):
+        pytest.skip("this filesystem keeps evicted pages resident (no POSIX_FADV_DONTNEED)")
+
+
+@needs_linux
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_a_cold_file_is_read_in_off_the_loop(server, data_dir):
+    make_cold(data_dir)
+    response, observed = observed_during(server, "GET", "/raw/cold")
+    assert response.body == COLD
+    assert observed["off_loop"], "the cold file was read on the loop"
+    assert all(observed["off_loop"])
+    assert observed["ticks"]  # the loop ran other tasks during the transfer
+
+
+@needs_linux
+@pytest.mark.parametrize("combo", [SAMPLE[0], SAMPLE[2]])
+def test_over_tls_a_cold_file_is_read_off_the_loop(combo, data_dir, tls_ca):
+    engine, http, loop = combo.split("-")
+    with serve_uvicorn(http=f"fastwrap-{http}", loop=loop, engine=engine, data_dir=data_dir,
+                       tls=tls_ca) as server:
+        make_cold(data_dir)
+        response, observed = observed_during(server, "GET", "/raw/cold?via=read")
+    assert response.body == COLD
+    # Pieces the kernel has read ahead meanwhile may be read on the loop; cold ones never.
+    assert any(observed["off_loop"]), "the cold file was read on the loop"
+    assert observed["cold_on_loop"] == 0
+    assert observed["ticks"]

@@ -171,13 +171,81 @@ def test_nowait_on_a_file_that_shrank_ends_short_instead_of_waiting_forever(
         steps = 0
         while not tx.done and steps < 100:
             steps += 1
+            step(tx)
+        assert tx.done and tx.sent == 1000
+
+
+def step(tx) -> None:
+    """One non-blocking step, then the fetch it asks for if it stopped on the disk."""
+    try:
+        tx.send()
+    except BlockingIOError:
+        pass
+    if tx.waiting is not None and tx.waiting.event == "disk":
+        tx.fetch()
+
+
+def test_nowait_probes_each_window_once_however_small_the_steps(monkeypatch, tmp_path):
+    """A step sends what the socket takes, often far less than the window it probed.
+
+    Probing the window again at every step cost more than the sending (a
+    2 MiB probe for 64 KiB sent): the steps after a probe send from it.  The
+    pure engine's probe is counted; the compiled one does the same in C.
+    """
+    from fastwrap import _purepy
+    path = tmp_path / "warm.bin"
+    path.write_bytes(DATA)
+    probes = []
+    probe = _purepy._resident
+    monkeypatch.setattr(_purepy, "_resident", lambda *args: probes.append(args) or probe(*args))
+    a, b = socket.socketpair()
+    with a, b, open(path, "rb") as f:
+        a.setblocking(False)
+        b.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        tx = _purepy.Transmission(f, a, nowait=True)
+        received = bytearray()
+        steps = 0
+        while not tx.done:
+            steps += 1
+            step(tx)
             try:
-                tx.send()
+                received += b.recv(8 << 20)
             except BlockingIOError:
                 pass
-            if tx.waiting is not None and tx.waiting.event == "disk":
-                tx.fetch()
-        assert tx.done and tx.sent == 1000
+        a.close()
+        received += recv_until_eof(b)
+    assert bytes(received) == DATA
+    windows = -(-len(DATA) // (2 << 20))
+    assert steps > 4 * windows  # many small steps...
+    assert len(probes) <= 2 * windows + 1  # ...and about one probe per window
+
+
+@pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")
+def test_resident_counts_the_bytes_in_the_page_cache(engine, cold_file):
+    with open(cold_file, "rb") as f:
+        assert engine.resident(f, 0, len(DATA)) == 0
+        assert engine.resident(f.fileno(), 100, 0) == 0
+        f.seek(3 << 20)
+        f.read(4096)  # the kernel reads at least these pages in, maybe more ahead
+        assert engine.resident(f, 3 << 20, 4096) == 4096
+        assert engine.resident(f, 0, len(DATA)) == 0  # counted up to the first cold page
+        f.seek(0)
+        f.read()
+        assert engine.resident(f, 7, len(DATA) - 7) == len(DATA) - 7
+        assert engine.resident(f, len(DATA), 10) == 10  # past the end: nothing to wait for
+
+
+@pytest.mark.parametrize("args, error, match", [
+    ((None, 0, 1), TypeError, "file must be a file descriptor or an object with fileno"),
+    ((-1, 0, 1), ValueError, "file descriptor must be >= 0"),
+    ((0, -1, 1), ValueError, "offset must be a byte count"),
+    ((0, 0, True), TypeError, "length must be an int, got bool"),
+    ((0, 0, 1.5), TypeError, "integer"),
+])
+def test_resident_refuses_bad_arguments(engine, args, error, match):
+    with pytest.raises(error, match=match):
+        engine.resident(*args)
 
 
 @pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")

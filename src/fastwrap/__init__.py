@@ -35,6 +35,7 @@ Transmission = _engine.Transmission
 transmit = _engine.transmit
 select_path = _engine.select_path
 available_paths = _engine.available_paths
+resident = _engine.resident
 
 __all__ = [
     "FileWrapper",
@@ -47,6 +48,7 @@ __all__ = [
     "disable",
     "enable",
     "reset_stats",
+    "resident",
     "select_path",
     "stats",
     "transmit",

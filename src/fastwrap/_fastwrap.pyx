@@ -97,6 +97,21 @@ def available_paths():
     return _plan.available_paths(SUPPORTED_PATHS)
 
 
+def resident(file, offset, length):
+    """How many of the *length* bytes of *file* from *offset* are in the page cache.
+
+    Counted up to the first page that is not: fewer than *length* means that
+    reading on would wait for the disk (an event loop reads those in a worker
+    thread).  *file* is a descriptor or has ``fileno()``.  Where residency
+    cannot be probed (no ``mincore``), every byte counts as resident.
+    """
+    return _plan.resident(_resident_window, file, offset, length)
+
+
+def _resident_window(int fd, int64_t offset, int64_t length):
+    return fw_resident(fd, offset, length)
+
+
 cdef inline int _raise_errno(int err) except -1:
     raise OSError(err, _os.strerror(err))
 
@@ -246,6 +261,7 @@ cdef class Transmission:
     cdef bint _has_sock         # dest is a socket object: its timeout applies
     cdef bint _nowait           # never wait for the disk in a step: report it
     cdef bint _on_disk          # the source is a regular file: what nowait probes
+    cdef int64_t _resident_end  # the file is known to be in the page cache up to here
     cdef object _timeout
     # Set by _adopt_plain_file, which builds no plan: what finishing needs,
     # and what a plan built late (to fall back) is built from.
@@ -264,6 +280,7 @@ cdef class Transmission:
         self.sent = 0
         self.done = False
         self._nowait = nowait
+        self._resident_end = 0
         if not self._adopt_plain_file(source, dest, count):
             self._adopt(_plan.Plan(source, dest, count, SUPPORTED_PATHS))
         self._prefix = headers if type(headers) is bytes else _plan.check_headers(headers)
@@ -526,11 +543,17 @@ cdef class Transmission:
         return FW_RESIDENT_WINDOW if remaining < 0 else min(remaining, FW_RESIDENT_WINDOW)
 
     cdef int64_t _resident(self) except -2:
-        """Bytes from the file position that can be read without the disk; 0 = wait for it."""
-        cdef int64_t n = fw_resident(self._src_fd, self._file_position(), self._window())
-        if n == 0:
+        """Bytes from the file position that can be read without the disk; 0 = wait for it.
+
+        A probe covers a whole window, and a step often sends far less (what
+        the socket takes): the next steps send from the same probe.
+        """
+        cdef int64_t position = self._file_position()
+        if position >= self._resident_end:
+            self._resident_end = position + fw_resident(self._src_fd, position, self._window())
+        if self._resident_end == position:
             self._would_block(self._src_fd, FW_WAIT_DISK)
-        return n
+        return self._resident_end - position
 
     cdef int _advance(self, int64_t n) except -1:
         self._moved += n

@@ -627,6 +627,37 @@ def fetch(fd: int, offset: int, length: int) -> None:
         offset += len(piece)
 
 
+def resident(probe: Any, file: Any, offset: Any, length: Any) -> int:
+    """Both engines' ``resident()``: *probe* answers for one window of at most RESIDENT_WINDOW."""
+    if isinstance(file, bool) or not isinstance(file, int):
+        fileno = getattr(file, "fileno", None)
+        if fileno is None:
+            raise TypeError(f"file must be a file descriptor or an object with fileno(), "
+                            f"got {type(file).__name__}")
+        file = fileno()
+    if file < 0:
+        raise ValueError(f"file descriptor must be >= 0, got {file}")
+    start = _check_position("offset", offset)
+    want = _check_position("length", length)
+    total = 0
+    while total < want:
+        window = min(want - total, RESIDENT_WINDOW)
+        found = probe(file, start + total, window)
+        total += found
+        if found < window:
+            break
+    return total
+
+
+def _check_position(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    number: int = operator.index(value)
+    if not 0 <= number <= MAX_COUNT:
+        raise ValueError(f"{name} must be a byte count from 0 to {MAX_COUNT}, got {number}")
+    return number
+
+
 def ready(fd: int, events: int, timeout: Optional[float]) -> bool:
     """Wait for *events* on *fd*; False if *timeout* seconds passed first."""
     if hasattr(select, "poll"):

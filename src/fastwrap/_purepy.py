@@ -169,6 +169,7 @@ class Transmission:
                  headers: Any = b"", *, nowait: bool = False) -> None:
         self._plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
         self._nowait = nowait  # never wait for the disk in a step: report it
+        self._resident_end = 0  # the file is known to be in the page cache up to here
         self._blocked = False
         self._prefix = check_headers(headers)
         self._prefix_more = False
@@ -310,13 +311,19 @@ class Transmission:
         return _plan.RESIDENT_WINDOW if remaining < 0 else min(remaining, _plan.RESIDENT_WINDOW)
 
     def _resident(self) -> int:
-        """Bytes from the file position that can be read without the disk; raises if none."""
+        """Bytes from the file position that can be read without the disk; raises if none.
+
+        A probe covers a whole window, and a step often sends far less (what
+        the socket takes): the next steps send from the same probe.
+        """
         plan = self._plan
-        n = _resident(plan.src_fd, plan.start + self.sent, self._window())
-        if n == 0:
+        position = plan.start + self.sent
+        if position >= self._resident_end:
+            self._resident_end = position + _resident(plan.src_fd, position, self._window())
+        if self._resident_end == position:
             self._wait = (plan.src_fd, _plan.WAIT_DISK)
             raise BlockingIOError(errno.EAGAIN, "the file's next bytes are on the disk")
-        return n
+        return self._resident_end - position
 
     def _send_prefix(self) -> None:
         dest = self._plan.dest
@@ -513,6 +520,17 @@ def transmit_file(source: Any, dest: Any, count: Optional[int] = None,
                   headers: Any = b"") -> int:
     """Blocking transmission of *source* (a file, buffer or FileWrapper)."""
     return Transmission(source, dest, count, headers).run()
+
+
+def resident(file: Any, offset: int, length: int) -> int:
+    """How many of the *length* bytes of *file* from *offset* are in the page cache.
+
+    Counted up to the first page that is not: fewer than *length* means that
+    reading on would wait for the disk (an event loop reads those in a worker
+    thread).  *file* is a descriptor or has ``fileno()``.  Where residency
+    cannot be probed (no ``mincore``), every byte counts as resident.
+    """
+    return _plan.resident(_resident, file, offset, length)
 
 
 def _unread(reader: Any, n: int) -> None:

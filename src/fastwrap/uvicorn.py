@@ -38,12 +38,15 @@ On a plain HTTP/1.1 connection the bytes go through fastwrap's engine
   uvicorn would have written it, one loop turn later, byte for byte the same;
 - whatever the transport still buffers (an earlier body message, a previous
   response on the connection) is flushed first;
-- the socket is written through a duplicate of its descriptor (the event
-  loop refuses to watch a descriptor that a transport owns) and, whenever the
-  client's window is full, the cycle waits for writability on the running
-  loop (asyncio's or uvloop's), so a slow client only holds its own request;
-  meanwhile the connection's reading is paused, so nothing else writes to the
-  transport while fastwrap owns the socket;
+- the bytes leave through :func:`fastwrap.asyncio.sendfile`, on a duplicate
+  of the socket's descriptor (the event loop refuses to watch a descriptor
+  that a transport owns), and the cycle waits on the running loop (asyncio's
+  or uvloop's) for whatever the transfer waits for: the client's window
+  (writability), an empty pipe (readability), or file bytes that are not in
+  the page cache, which a worker thread reads in: a slow client, a slow pipe
+  or a cold disk holds only its own request, never the loop; meanwhile the
+  connection's reading is paused, so nothing else writes to the transport
+  while fastwrap owns the socket;
 - framing is uvicorn's: with a Content-Length the body is exactly
   min(Content-Length, what the file holds) bytes; without one, uvicorn has
   already chosen chunked transfer-coding at ``http.response.start`` (the
@@ -65,17 +68,18 @@ On a plain HTTP/1.1 connection the bytes go through fastwrap's engine
 
 On TLS the kernel cannot see the plaintext, so there is no zero-copy; the
 extensions are still advertised, because the bytes can still leave through
-a path that works on TLS: the file is read in 256 KiB pieces and each piece
-goes through uvicorn's own ``http.response.body`` handling and the TLS
-transport, with uvicorn's flow control.  The head is held there too, so a
-file that cannot be sent is a 500 as well.  HTTP/1.0 requests do not get the
-extensions.  Which was chosen is said once per worker process on uvicorn's
-error logger, at debug level (``--log-level debug``).
+a path that works on TLS: the file is read in 256 KiB pieces (with
+:func:`fastwrap.asyncio.read`: pieces not in the page cache by a worker
+thread, never on the loop) and each piece goes through uvicorn's own
+``http.response.body`` handling and the TLS transport, with uvicorn's flow
+control.  The head is held there too, so a file that cannot be sent is a 500
+as well.  HTTP/1.0 requests do not get the extensions.  Which was chosen is
+said once per worker process on uvicorn's error logger, at debug level
+(``--log-level debug``).
 """
 from __future__ import annotations
 
 import asyncio
-import errno
 import importlib
 import io
 import logging
@@ -87,9 +91,9 @@ import warnings
 from typing import Any, Callable, Coroutine, Dict, List, Optional, Set, Tuple, cast
 
 import fastwrap
+import fastwrap.asyncio
 from fastwrap import serving
 from fastwrap._optional import missing, reraise
-from fastwrap.asyncio import _writable
 
 #: What installs this module's dependencies.
 _INSTALL = "pip install 'fastwrap[uvicorn]'"
@@ -521,7 +525,8 @@ class _FileCycle:
         sent = 0
         while n is None or sent < n:
             want = COPY_CHUNK if n is None else min(COPY_CHUNK, n - sent)
-            chunk = source.file.read(want)
+            # Never on the loop from the disk, nor from an empty pipe.
+            chunk = await fastwrap.asyncio.read(source.file, want)
             if not chunk:
                 break
             await self._uvicorn_send({"type": "http.response.body", "body": chunk,
@@ -536,54 +541,18 @@ class _FileCycle:
         holder = self.transport
         assert isinstance(holder, _HeadHolder)
         prefix, suffix = self._frame(n)
-        loop = asyncio.get_running_loop()
-        raw = holder.real.get_extra_info("socket")
-        # The loop watches only descriptors no transport owns: a duplicate of
-        # the socket's.  It also keeps the socket ours even if the transport
-        # closes its descriptor meanwhile.
-        sock = socket.fromfd(raw.fileno(), raw.family, raw.type, raw.proto)
-        sock.setblocking(False)
-        paused = False
         try:
-            await self._drained(loop, holder.real, sock.fileno())
-            tx = fastwrap.Transmission(source.file, sock, n, holder.take() + prefix)
-            try:
-                while not tx.done:
-                    try:
-                        tx.send()
-                        continue
-                    except BlockingIOError:
-                        pass
-                    if not paused and not self.flow.read_paused:
-                        # Nothing may write to the transport while the socket is
-                        # ours: no request is parsed (and so no error answered)
-                        # until the body is out.
-                        self.flow.pause_reading()
-                        paused = True
-                    await _writable(loop, sock.fileno())
-                    if holder.real.is_closing():
-                        raise ConnectionAbortedError(errno.ECONNABORTED, "the transport closed")
-                sent: int = tx.sent
-            finally:
-                tx.close()
+            # After what the transport buffers, on a duplicate of its socket,
+            # with its reading paused: no request is parsed (and so no error
+            # answered) until the body is out.
+            sent = await fastwrap.asyncio.sendfile(holder.real, source.file, n,
+                                                   holder.take() + prefix)
         except ConnectionError as exc:
             self._client_gone(exc)
             return 0
-        finally:
-            sock.close()
-            if paused and self.flow.read_paused:
-                self.flow.resume_reading()
         if sent == n and suffix:
             holder.write(suffix)
         return sent
-
-    @staticmethod
-    async def _drained(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
-                       fd: int) -> None:
-        """Wait until the transport has written out everything it buffers."""
-        while transport.get_write_buffer_size() and not transport.is_closing():
-            # The transport writes whenever the socket is writable; so do we wake.
-            await _writable(loop, fd)
 
     def _client_gone(self, exc: BaseException) -> None:
         """The client left mid-file: end as uvicorn does when it sees the connection lost."""
