@@ -64,7 +64,7 @@ import weakref
 from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import fastwrap
-from fastwrap._plan import BACKOFF, RESIDENT_WINDOW
+from fastwrap.serving import BACKOFF, RESIDENT_WINDOW
 
 __all__ = ["read", "sendfile"]
 

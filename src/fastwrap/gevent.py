@@ -48,7 +48,7 @@ from gevent.socket import wait as _wait
 
 import fastwrap
 
-from . import _plan, serving
+from . import serving
 
 __all__ = ["WSGIHandler", "WSGIServer"]
 
@@ -248,11 +248,11 @@ class _Waits:
             self._fetching.get()
             self._fetching = None
         elif wait.fd < 0:
-            gevent.sleep(_plan.BACKOFF)  # nothing to poll: back off briefly rather than spin
+            gevent.sleep(serving.BACKOFF)  # nothing to poll: back off briefly rather than spin
         else:
             entry = self._watchers.get(wait)
             if entry is None:
-                message = _plan.timeout_message(self._timeout, wait.fd == self._dest_fd)
+                message = serving.stall_message(self._timeout, wait.fd == self._dest_fd)
                 entry = (self._hub.loop.io(wait.fd, _EVENTS[wait.event]),
                          socket.timeout(message))
                 self._watchers[wait] = entry

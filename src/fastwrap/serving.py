@@ -28,6 +28,22 @@ from typing import Any, Iterator, Optional
 from . import _plan
 from ._paths import log
 
+#: Seconds an event-loop driver backs off when a transmission waits with no
+#: descriptor to poll (``Wait.fd == -1``), rather than spin.
+BACKOFF: float = _plan.BACKOFF
+#: Bytes of a file whose page-cache residency one probe answers for, and one
+#: ``Transmission.fetch()`` reads in: a driver that reads a file itself reads
+#: it in pieces of at most this.
+RESIDENT_WINDOW: int = _plan.RESIDENT_WINDOW
+
+
+def stall_message(timeout: Optional[float], on_dest: bool) -> str:
+    """The error for a transmission that made no progress for *timeout* seconds.
+
+    *on_dest*: it waited for the client (else for the source).
+    """
+    return _plan.timeout_message(timeout, on_dest)
+
 
 class FileResponse:
     """A WSGI result whose body can be transmitted as a file, and how much of it."""
