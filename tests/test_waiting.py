@@ -266,3 +266,30 @@ def test_nowait_reads_no_cold_page_on_the_read_paths_either(engine, cold_file, p
             assert f.tell() == len(DATA)
     finally:
         fastwrap.enable("sendfile", "readinto")
+
+
+@pytest.mark.parametrize("path", ["sendfile", "readinto"])
+def test_a_nowait_step_ends_after_a_window_so_the_loop_runs_between(engine, tmp_path, path):
+    """A destination that never fills (a fast client) must not hold the loop for a whole file.
+
+    A file destination never says EAGAIN, so only the step's own limit ends it.
+    """
+    import fastwrap
+    from fastwrap import _plan
+    src = tmp_path / "warm.bin"
+    src.write_bytes(DATA)
+    if path == "readinto":
+        fastwrap.disable("sendfile")
+    try:
+        with open(src, "rb") as f, open(tmp_path / "out.bin", "wb") as out:
+            tx = engine.Transmission(f, out, nowait=True)
+            assert tx.path == path
+            steps = []
+            while not tx.done:
+                steps.append(tx.send())
+                assert tx.waiting is None
+        assert (tmp_path / "out.bin").read_bytes() == DATA
+        assert max(steps) <= 2 * _plan.RESIDENT_WINDOW
+        assert len(steps) >= len(DATA) // (2 * _plan.RESIDENT_WINDOW)
+    finally:
+        fastwrap.enable("sendfile")

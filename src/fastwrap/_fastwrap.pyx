@@ -262,6 +262,7 @@ cdef class Transmission:
     cdef bint _nowait           # never wait for the disk in a step: report it
     cdef bint _on_disk          # the source is a regular file: what nowait probes
     cdef int64_t _resident_end  # the file is known to be in the page cache up to here
+    cdef bint _probed           # this step has probed a window already
     cdef object _timeout
     # Set by _adopt_plain_file, which builds no plan: what finishing needs,
     # and what a plan built late (to fall back) is built from.
@@ -483,6 +484,7 @@ cdef class Transmission:
             return 0
         self._blocked = False
         self._moved = 0
+        self._probed = False
         fw_sigpipe_block(&guard)
         try:
             if self._prefix:
@@ -543,13 +545,19 @@ cdef class Transmission:
         return FW_RESIDENT_WINDOW if remaining < 0 else min(remaining, FW_RESIDENT_WINDOW)
 
     cdef int64_t _resident(self) except -2:
-        """Bytes from the file position that can be read without the disk; 0 = wait for it.
+        """Bytes from the file position that can be read without the disk.
 
-        A probe covers a whole window, and a step often sends far less (what
-        the socket takes): the next steps send from the same probe.
+        0: wait for the disk.  -1: this step has sent a whole window; end it,
+        so that an event loop runs its other tasks between windows (a fast
+        reader could otherwise take a whole file in one step).  A probe
+        covers a window, and a step often sends far less (what the socket
+        takes): the next steps send from the same probe.
         """
         cdef int64_t position = self._file_position()
         if position >= self._resident_end:
+            if self._probed:
+                return -1
+            self._probed = True
             self._resident_end = position + fw_resident(self._src_fd, position, self._window())
         if self._resident_end == position:
             self._would_block(self._src_fd, FW_WAIT_DISK)
@@ -708,7 +716,7 @@ cdef class Transmission:
                 # Only what is in the page cache: sendfile(2) of the rest
                 # would hold the event loop while the disk reads it.
                 count = self._resident()
-                if count == 0:
+                if count <= 0:
                     break
             with nogil:
                 n = fw_sendfile(self._dest_fd, self._src_fd, &self._offset, count)
@@ -813,7 +821,7 @@ cdef class Transmission:
             if self._nowait and self._on_disk:
                 # A read of the rest would hold the event loop on the disk.
                 want = min(want, self._resident())
-                if want == 0:
+                if want <= 0:
                     break
             if use_readinto and self._buffer is None:
                 self._buffer = memoryview(bytearray(chunk_size))

@@ -170,6 +170,7 @@ class Transmission:
         self._plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
         self._nowait = nowait  # never wait for the disk in a step: report it
         self._resident_end = 0  # the file is known to be in the page cache up to here
+        self._probed = False  # this step has probed a window already
         self._blocked = False
         self._prefix = check_headers(headers)
         self._prefix_more = False
@@ -221,6 +222,7 @@ class Transmission:
             return 0
         self._moved = 0
         self._blocked = False
+        self._probed = False  # this step has probed a window already
         self._wait = (self._plan.dest.fd, _POLLOUT)
         guard = _SigpipeGuard() if _CAN_MASK else None
         try:
@@ -313,12 +315,18 @@ class Transmission:
     def _resident(self) -> int:
         """Bytes from the file position that can be read without the disk; raises if none.
 
-        A probe covers a whole window, and a step often sends far less (what
-        the socket takes): the next steps send from the same probe.
+        -1: this step has sent a whole window; end it, so that an event loop
+        runs its other tasks between windows (a fast reader could otherwise
+        take a whole file in one step).  A probe covers a window, and a step
+        often sends far less (what the socket takes): the next steps send
+        from the same probe.
         """
         plan = self._plan
         position = plan.start + self.sent
         if position >= self._resident_end:
+            if self._probed:
+                return -1
+            self._probed = True
             self._resident_end = position + _resident(plan.src_fd, position, self._window())
         if self._resident_end == position:
             self._wait = (plan.src_fd, _plan.WAIT_DISK)
@@ -368,6 +376,8 @@ class Transmission:
                 # Only what is in the page cache: sendfile(2) of the rest
                 # would hold the event loop while the disk reads it.
                 count = self._resident()
+                if count < 0:
+                    break
             n = os.sendfile(plan.dest.fd, plan.src_fd, plan.start + self.sent, count)
             if n == 0:  # EOF: the file is shorter than it was at the start
                 self._finish()
@@ -453,6 +463,8 @@ class Transmission:
             if self._nowait and plan.on_disk:
                 # A read of the rest would hold the event loop on the disk.
                 want = min(want, self._resident())
+                if want < 0:
+                    break
             if use_readinto and self._buffer is None:
                 self._buffer = memoryview(bytearray(plan.chunk))
             chunk = _plan.fill(reader, self._buffer, want, remaining)
