@@ -289,7 +289,7 @@ def test_a_nowait_step_ends_after_a_window_so_the_loop_runs_between(engine, tmp_
                 steps.append(tx.send())
                 assert tx.waiting is None
         assert (tmp_path / "out.bin").read_bytes() == DATA
-        assert max(steps) <= 2 * _plan.RESIDENT_WINDOW
-        assert len(steps) >= len(DATA) // (2 * _plan.RESIDENT_WINDOW)
+        assert max(steps) <= _plan.RESIDENT_WINDOW
+        assert len(steps) >= len(DATA) // _plan.RESIDENT_WINDOW
     finally:
         fastwrap.enable("sendfile")

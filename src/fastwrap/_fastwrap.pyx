@@ -262,7 +262,7 @@ cdef class Transmission:
     cdef bint _nowait           # never wait for the disk in a step: report it
     cdef bint _on_disk          # the source is a regular file: what nowait probes
     cdef int64_t _resident_end  # the file is known to be in the page cache up to here
-    cdef bint _probed           # this step has probed a window already
+    cdef int64_t _step_start    # sent when the current step began
     cdef object _timeout
     # Set by _adopt_plain_file, which builds no plan: what finishing needs,
     # and what a plan built late (to fall back) is built from.
@@ -484,7 +484,7 @@ cdef class Transmission:
             return 0
         self._blocked = False
         self._moved = 0
-        self._probed = False
+        self._step_start = self.sent
         fw_sigpipe_block(&guard)
         try:
             if self._prefix:
@@ -547,17 +547,17 @@ cdef class Transmission:
     cdef int64_t _resident(self) except -2:
         """Bytes from the file position that can be read without the disk.
 
-        0: wait for the disk.  -1: this step has sent a whole window; end it,
-        so that an event loop runs its other tasks between windows (a fast
-        reader could otherwise take a whole file in one step).  A probe
-        covers a window, and a step often sends far less (what the socket
-        takes): the next steps send from the same probe.
+        0: wait for the disk.  -1: end the step here, at the end of a window
+        it sent from, so that an event loop runs its other tasks between
+        windows: a fast reader could otherwise take a whole file in one
+        step, and a step is at most a window.  A probe covers a window, and a
+        step often sends far less (what the socket takes): the next steps
+        send from the same probe.
         """
         cdef int64_t position = self._file_position()
         if position >= self._resident_end:
-            if self._probed:
+            if self.sent > self._step_start:
                 return -1
-            self._probed = True
             self._resident_end = position + fw_resident(self._src_fd, position, self._window())
         if self._resident_end == position:
             self._would_block(self._src_fd, FW_WAIT_DISK)

@@ -170,7 +170,7 @@ class Transmission:
         self._plan = _plan.Plan(source, dest, count, SUPPORTED_PATHS)
         self._nowait = nowait  # never wait for the disk in a step: report it
         self._resident_end = 0  # the file is known to be in the page cache up to here
-        self._probed = False  # this step has probed a window already
+        self._step_start = 0  # sent when the current step began
         self._blocked = False
         self._prefix = check_headers(headers)
         self._prefix_more = False
@@ -222,7 +222,7 @@ class Transmission:
             return 0
         self._moved = 0
         self._blocked = False
-        self._probed = False  # this step has probed a window already
+        self._step_start = self.sent
         self._wait = (self._plan.dest.fd, _POLLOUT)
         guard = _SigpipeGuard() if _CAN_MASK else None
         try:
@@ -315,18 +315,17 @@ class Transmission:
     def _resident(self) -> int:
         """Bytes from the file position that can be read without the disk; raises if none.
 
-        -1: this step has sent a whole window; end it, so that an event loop
-        runs its other tasks between windows (a fast reader could otherwise
-        take a whole file in one step).  A probe covers a window, and a step
-        often sends far less (what the socket takes): the next steps send
-        from the same probe.
+        -1: end the step here, at the end of a window it sent from, so that
+        an event loop runs its other tasks between windows: a fast reader
+        could otherwise take a whole file in one step, and a step is at most
+        a window.  A probe covers a window, and a step often sends far less
+        (what the socket takes): the next steps send from the same probe.
         """
         plan = self._plan
         position = plan.start + self.sent
         if position >= self._resident_end:
-            if self._probed:
+            if self.sent > self._step_start:
                 return -1
-            self._probed = True
             self._resident_end = position + _resident(plan.src_fd, position, self._window())
         if self._resident_end == position:
             self._wait = (plan.src_fd, _plan.WAIT_DISK)
