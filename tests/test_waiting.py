@@ -14,6 +14,8 @@ import pytest
 
 from _support import LINUX, random_bytes, recv_until_eof
 
+from fastwrap._plan import RESIDENT_WINDOW
+
 DATA = random_bytes(6 * 1024 * 1024 + 5, seed=61)
 
 
@@ -29,7 +31,7 @@ def resident_pages(path: str) -> int:
     from fastwrap import _purepy
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        return _purepy._resident(f.fileno(), 0, min(size, 2 << 20)) // mmap.PAGESIZE
+        return _purepy._resident(f.fileno(), 0, min(size, RESIDENT_WINDOW)) // mmap.PAGESIZE
 
 
 def drive_fetching(tx, a, b):
@@ -128,7 +130,7 @@ def test_nowait_never_sends_a_cold_page_and_fetch_brings_it_in(engine, cold_file
         received, fetches = drive_fetching(tx, a, b)
         assert received == DATA
         assert f.tell() == len(DATA)
-        assert 1 <= fetches <= len(DATA) // (2 << 20) + 2
+        assert 1 <= fetches <= len(DATA) // RESIDENT_WINDOW + 2
 
 
 @pytest.mark.skipif(not LINUX, reason="page-cache residency is probed with mincore on Linux")
@@ -189,7 +191,7 @@ def test_nowait_probes_each_window_once_however_small_the_steps(monkeypatch, tmp
     """A step sends what the socket takes, often far less than the window it probed.
 
     Probing the window again at every step cost more than the sending (a
-    2 MiB probe for 64 KiB sent): the steps after a probe send from it.  The
+    1 MiB probe for 64 KiB sent): the steps after a probe send from it.  The
     pure engine's probe is counted; the compiled one does the same in C.
     """
     from fastwrap import _purepy
@@ -216,7 +218,7 @@ def test_nowait_probes_each_window_once_however_small_the_steps(monkeypatch, tmp
         a.close()
         received += recv_until_eof(b)
     assert bytes(received) == DATA
-    windows = -(-len(DATA) // (2 << 20))
+    windows = -(-len(DATA) // RESIDENT_WINDOW)
     assert steps > 4 * windows  # many small steps...
     assert len(probes) <= 2 * windows + 1  # ...and about one probe per window
 

@@ -584,7 +584,7 @@ WAIT_DISK = 0x10000
 # How much of a file a nowait step checks for residency, and a fetch reads
 # in: large enough that the probe's mmap and mincore cost nothing next to
 # the bytes sent, small enough that one fetch is a few milliseconds of disk.
-RESIDENT_WINDOW = 2 << 20
+RESIDENT_WINDOW = 1 << 20
 _FETCH_PIECE = 256 * 1024
 _WAIT_NAMES = {POLLIN: "read", POLLOUT: "write", WAIT_DISK: "disk"}
 

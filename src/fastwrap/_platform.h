@@ -272,7 +272,7 @@ static int64_t fw_lseek(int fd, int64_t offset, int whence)
 /* Not a poll() event: the source's next bytes are on the disk (_plan.WAIT_DISK). */
 #define FW_WAIT_DISK 0x10000
 /* The most fw_resident probes at once (_plan.RESIDENT_WINDOW). */
-#define FW_RESIDENT_WINDOW ((int64_t)2 << 20)
+#define FW_RESIDENT_WINDOW ((int64_t)1 << 20)
 
 /* How many bytes of [offset, offset + length) of the file fd are in the page
  * cache, counted from offset up to the first page that is not: 0 means the
