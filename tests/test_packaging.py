@@ -140,10 +140,18 @@ def test_no_extensions_at_build_time_installs_pure_python(sdist: Path, tmp_path:
     assert first_import(python) == ("python", "")  # asked for: nothing to say at import
 
 
-def test_wheel_builds_with_the_extension_and_passes_twine_check(tmp_path: Path) -> None:
-    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
-         str(tmp_path), str(ROOT)])
-    (wheel,) = tmp_path.glob("fastwrap-*.whl")
+@pytest.fixture(scope="module")
+def isolated_build(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """``python -m build`` as a packager runs it: sdist, then a wheel from it,
+    each in a fresh build environment with the newest build requirements."""
+    out = tmp_path_factory.mktemp("isolated")
+    proc = run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)])
+    return out, proc.stdout
+
+
+def test_wheel_builds_with_the_extension_and_passes_twine_check(isolated_build: tuple) -> None:
+    out, _ = isolated_build
+    (wheel,) = out.glob("fastwrap-*.whl")
     import zipfile
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -153,17 +161,73 @@ def test_wheel_builds_with_the_extension_and_passes_twine_check(tmp_path: Path) 
     run([sys.executable, "-m", "twine", "check", "--strict", str(wheel)])
 
 
+def test_building_prints_no_deprecation_warning(isolated_build: tuple) -> None:
+    """setuptools stops accepting the license table form after 2027-02-18 and
+    warns of it and of license classifiers now: the metadata is PEP 639's."""
+    _, output = isolated_build
+    warned = [line for line in output.splitlines() if re.search("deprecat", line, re.I)]
+    assert warned == [], "\n".join(warned)
+
+
+def test_metadata_names_the_license_by_spdx_and_every_python(isolated_build: tuple) -> None:
+    out, _ = isolated_build
+    (wheel,) = out.glob("fastwrap-*.whl")
+    import zipfile
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = archive.read(name).decode()
+        names = archive.namelist()
+    assert "License-Expression: MIT" in metadata
+    assert "License-File: LICENSE" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    classifiers = re.findall(r"^Classifier: (.+)$", metadata, re.M)
+    assert not any(c.startswith("License ::") for c in classifiers)  # the expression says it
+    for minor in range(9, 15):
+        assert f"Programming Language :: Python :: 3.{minor}" in classifiers
+    assert any(c.startswith("Programming Language :: Python :: Free Threading ::")
+               for c in classifiers)
+    from trove_classifiers import classifiers as known  # in the test extra
+    assert set(classifiers) <= known, sorted(set(classifiers) - known)
+
+
+def test_the_generated_c_declares_the_module_free_threading_compatible(tmp_path: Path) -> None:
+    """Cython writes the module's Py_mod_gil slot from the directive in
+    _fastwrap.pyx: without it, importing the extension on a free-threaded
+    build (3.14t) would turn the GIL back on for the whole process."""
+    target = tmp_path / "_fastwrap.c"
+    run([sys.executable, "-m", "cython", "-3", "-I", str(ROOT / "src" / "fastwrap"),
+         str(ROOT / "src" / "fastwrap" / "_fastwrap.pyx"), "-o", str(target)])
+    code = target.read_text()
+    assert "{Py_mod_gil, __Pyx_FREETHREADING_COMPATIBLE}" in code
+    # The value when nothing overrides the directive at compile time:
+    default = re.search(r"#else\n#define __Pyx_FREETHREADING_COMPATIBLE (\w+)\n#endif\n"
+                        r"#define __PYX_DEFAULT", code)
+    assert default is not None and default.group(1) == "Py_MOD_GIL_NOT_USED"
+    assert "CYTHON_FREETHREADING_COMPATIBLE" not in (ROOT / "setup.py").read_text()
+
+
 @pytest.mark.parametrize("platform, expected", [
-    ("linux", [f"cp3{minor}-{libc}_{arch}" for minor in range(9, 14)
+    ("linux", [f"cp3{minor}-{libc}_{arch}" for minor in (*range(9, 15), "14t")
                for libc in ("manylinux", "musllinux") for arch in ("x86_64", "aarch64")]),
-    ("macos", [f"cp3{minor}-macosx_{arch}" for minor in range(9, 14)
+    ("macos", [f"cp3{minor}-macosx_{arch}" for minor in (*range(9, 15), "14t")
                for arch in ("x86_64", "arm64")]),
-    ("windows", [f"cp3{minor}-win_amd64" for minor in range(9, 14)]),
+    ("windows", [f"cp3{minor}-win_amd64" for minor in (*range(9, 15), "14t")]),
 ])
 def test_cibuildwheel_builds_every_platform_and_python(platform: str, expected: list) -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("cibuildwheel 3 and later, which know CPython 3.14, run on 3.11+ only")
     pytest.importorskip("cibuildwheel", reason="cibuildwheel is in the project's test extra")
     proc = run([sys.executable, "-m", "cibuildwheel", "--print-build-identifiers",
                 "--platform", platform], cwd=ROOT)
     identifiers = set(proc.stdout.split())
     assert set(expected) <= identifiers, sorted(set(expected) - identifiers)
     assert not any("pp" in name or "i686" in name or "win32" in name for name in identifiers)
+
+
+def test_the_workflow_pins_the_cibuildwheel_the_suite_checks() -> None:
+    """The identifier check above asks the cibuildwheel of the test extra;
+    the wheels are built by the one the workflow pins: the same release."""
+    workflow = (ROOT / ".github" / "workflows" / "wheels.yml").read_text()
+    (pinned,) = re.findall(r"pypa/cibuildwheel@v([0-9.]+)", workflow)
+    extra = (ROOT / "pyproject.toml").read_text()
+    assert f'"cibuildwheel=={pinned}; python_version >= \'3.11\'"' in extra

@@ -1,4 +1,4 @@
-# cython: language_level=3, embedsignature=True
+# cython: language_level=3, embedsignature=True, freethreading_compatible=True
 """The compiled engine: FileWrapper and Transmission with their loops in C.
 
 Every decision (path, start, length, fallback) comes from fastwrap._plan,
@@ -10,7 +10,13 @@ holds it to the plan's answers.  The GIL is
 released around every call that can block, EINTR is retried after checking
 for Python signals, and EAGAIN is waited out with poll() for at most the
 socket's timeout.
+
+Free-threading compatible: the statistics are counted under a lock and the
+path registry is a set (atomic in either build), a FileWrapper's own state
+changes under a critical section of the wrapper, and a Transmission admits
+one thread at a time (``fw_claim``).
 """
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
@@ -55,6 +61,8 @@ cdef extern from "_platform.h" nogil:
     int fw_regular_size(int fd, int64_t *size)
     int64_t fw_lseek(int fd, int64_t offset, int whence)
     int64_t fw_resident(int fd, int64_t offset, int64_t length)
+    int fw_claim(long *flag)
+    void fw_unclaim(long *flag)
     int FW_WAIT_DISK
     int64_t FW_RESIDENT_WINDOW
     int SEEK_CUR
@@ -162,28 +170,35 @@ cdef class FileWrapper:
         return self
 
     def __next__(self):
-        cdef Py_ssize_t n
-        if self._closed:
-            raise ValueError("I/O operation on closed FileWrapper")
         if self._is_memory:
-            n = min(self.blksize, self._memory.len - self._position)
-            if n <= 0:
-                raise StopIteration
-            chunk = PyBytes_FromStringAndSize(
-                <char *>self._memory.buf + self._position, n)
-            self._position += n
-            return chunk
-        chunk = _plan.read_chunk(self.filelike, self.blksize)
+            with cython.critical_section(self):
+                chunk = self._next_in_memory()
+        else:
+            if self._closed:
+                raise ValueError("I/O operation on closed FileWrapper")
+            chunk = _plan.read_chunk(self.filelike, self.blksize)
         if not chunk:
             raise StopIteration
         return chunk
 
+    cdef bytes _next_in_memory(self):
+        cdef Py_ssize_t n
+        if self._closed:
+            raise ValueError("I/O operation on closed FileWrapper")
+        n = min(self.blksize, self._memory.len - self._position)
+        if n <= 0:
+            return b""
+        chunk = PyBytes_FromStringAndSize(<char *>self._memory.buf + self._position, n)
+        self._position += n
+        return chunk
+
     def close(self):
         """Close the wrapped object (once), through its ``close`` of this moment."""
-        if self._closed:
-            return
-        self._closed = True
-        self._release_buffer()
+        with cython.critical_section(self):
+            if self._closed:
+                return
+            self._closed = True
+            self._release_buffer()
         close = getattr(self.filelike, "close", None)
         if close is not None:
             close()
@@ -214,12 +229,13 @@ cdef class FileWrapper:
     def seek(self, offset, whence=0):
         if not self._is_memory:
             return self.filelike.seek(offset, whence)
-        self._check_open_memory()
-        base = (0, self._position, self._memory.len)[whence]
-        position = base + offset
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        self._position = position
+        with cython.critical_section(self):
+            self._check_open_memory()
+            base = (0, self._position, self._memory.len)[whence]
+            position = base + offset
+            if position < 0:
+                raise ValueError(f"negative seek position {position}")
+            self._position = position
         return position
 
     def transmit(self, dest, count=None, headers=b""):
@@ -269,6 +285,7 @@ cdef class Transmission:
     cdef object _keeper
     cdef int64_t _start
     cdef object _args
+    cdef long _busy             # a thread is inside send(), run(), fetch() or close()
 
     def __cinit__(self):
         self._pipe[0] = -1
@@ -407,9 +424,11 @@ cdef class Transmission:
         For a worker thread, when ``waiting.event`` is ``"disk"``; the
         transmission must stay open until it returns.  Does nothing otherwise.
         """
-        if self.done or not self._blocked or self._wait_events != FW_WAIT_DISK:
-            return
-        _plan.fetch(self._src_fd, self._file_position(), self._window())
+        self._claim()
+        try:
+            self._fetch()
+        finally:
+            fw_unclaim(&self._busy)
 
     def send(self):
         """Do one non-blocking step; return the bytes (headers included) it sent.
@@ -417,7 +436,12 @@ cdef class Transmission:
         Raises BlockingIOError when nothing could be sent.  After any step,
         ``waiting`` says what the next one needs first.
         """
-        cdef int64_t moved = self._step()
+        cdef int64_t moved
+        self._claim()
+        try:
+            moved = self._step()
+        finally:
+            fw_unclaim(&self._busy)
         if moved == 0 and self._blocked and not self.done:
             raise BlockingIOError(_errno.EAGAIN, "no bytes could be sent now")
         return moved
@@ -432,20 +456,36 @@ cdef class Transmission:
 
     def close(self):
         """Stop: leave the source just after the last byte sent, free the pipe."""
-        self._close()
+        self._claim()
+        try:
+            self._close()
+        finally:
+            fw_unclaim(&self._busy)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
-        self._close()
+        self.close()
 
     # -- driving -------------------------------------------------------------
+
+    cdef inline int _claim(self) except -1:
+        if not fw_claim(&self._busy):
+            raise _plan.in_use_error()
+        return 0
+
+    cdef int _fetch(self) except -1:
+        if self.done or not self._blocked or self._wait_events != FW_WAIT_DISK:
+            return 0
+        _plan.fetch(self._src_fd, self._file_position(), self._window())
+        return 0
 
     cdef int64_t _run(self) except -1:
         """Drive the transmission to its end, waiting as the dest's timeout allows."""
         cdef int timeout_ms = -1
         cdef int rc, err
+        self._claim()
         try:
             timeout = self._timeout
             _plan.check_timeout(self._has_sock, timeout)
@@ -456,7 +496,7 @@ cdef class Transmission:
                 if self.done or not self._blocked:
                     continue
                 if self._wait_events == FW_WAIT_DISK:
-                    self.fetch()  # blocking anyway: read the cold bytes here
+                    self._fetch()  # blocking anyway: read the cold bytes here
                     continue
                 with nogil:
                     # poll() ignores a negative descriptor and only sleeps.
@@ -476,6 +516,7 @@ cdef class Transmission:
             raise TimeoutError(*exc.args) from None
         finally:
             self._close()
+            fw_unclaim(&self._busy)
         return self.sent
 
     cdef int64_t _step(self) except -1:

@@ -186,6 +186,13 @@ def text_chunk_error(chunk: Any) -> TypeError:
         "the wrapped file must be opened in binary mode ('rb')")
 
 
+def in_use_error() -> RuntimeError:
+    """A Transmission called from a thread while another is inside it."""
+    return RuntimeError(
+        "this Transmission is in use by another thread: drive each transmission "
+        "from one thread at a time")
+
+
 # -- the two ends --------------------------------------------------------------
 
 class Dest:

@@ -323,4 +323,18 @@ static int64_t fw_resident(int fd, int64_t offset, int64_t length)
 #endif
 }
 
+/* One thread at a time drives a transmission.  A claim is an atomic
+ * exchange, so two threads that call in at once (which the GIL does not
+ * prevent: it is released around every system call, and a free-threaded
+ * build has none) never both get in: the second gets a clear error instead
+ * of sharing the pipe, the buffers and the offsets. */
+#if defined(_MSC_VER)
+#  include <intrin.h>
+static int fw_claim(long *flag) { return _InterlockedExchange(flag, 1) == 0; }
+static void fw_unclaim(long *flag) { (void)_InterlockedExchange(flag, 0); }
+#else
+static int fw_claim(long *flag) { return __atomic_exchange_n(flag, 1, __ATOMIC_ACQUIRE) == 0; }
+static void fw_unclaim(long *flag) { __atomic_store_n(flag, 0, __ATOMIC_RELEASE); }
+#endif
+
 #endif /* FASTWRAP_PLATFORM_H */

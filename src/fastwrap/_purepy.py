@@ -12,6 +12,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
 from typing import Any, Optional, Union
 
@@ -85,6 +86,9 @@ class FileWrapper:
         self.blksize = check_blksize(blksize)
         self.filelike = filelike
         self._closed = False
+        # The compiled twin's critical section on the wrapper: without a GIL,
+        # two threads could take the same bytes or close under a read.
+        self._lock = threading.Lock()
         # Bytes-like objects have no position of their own: the wrapper keeps it.
         self._memory: Optional[memoryview] = None
         self._position = 0
@@ -99,25 +103,33 @@ class FileWrapper:
         return self
 
     def __next__(self) -> bytes:
-        if self._closed:
-            raise ValueError("I/O operation on closed FileWrapper")
         if self._memory is not None:
-            start = self._position
-            chunk = self._memory[start:start + self.blksize].tobytes()
-            self._position = start + len(chunk)
+            with self._lock:
+                chunk = self._next_in_memory(self._memory)
         else:
+            if self._closed:
+                raise ValueError("I/O operation on closed FileWrapper")
             chunk = _plan.read_chunk(self.filelike, self.blksize)
         if not chunk:
             raise StopIteration
         return chunk
 
+    def _next_in_memory(self, memory: memoryview) -> bytes:
+        if self._closed:
+            raise ValueError("I/O operation on closed FileWrapper")
+        start = self._position
+        chunk = memory[start:start + self.blksize].tobytes()
+        self._position = start + len(chunk)
+        return chunk
+
     def close(self) -> None:
         """Close the wrapped object (once), through its ``close`` of this moment."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._memory is not None:
-            self._memory.release()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._memory is not None:
+                self._memory.release()
         close = getattr(self.filelike, "close", None)
         if close is not None:
             close()
@@ -148,12 +160,13 @@ class FileWrapper:
     def seek(self, offset: int, whence: int = 0) -> int:
         if self._memory is None:
             return int(self.filelike.seek(offset, whence))
-        self._check_open_memory()
-        base = (0, self._position, len(self._memory))[whence]
-        position = base + offset
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        self._position = position
+        with self._lock:
+            self._check_open_memory()
+            base = (0, self._position, len(self._memory))[whence]
+            position = base + offset
+            if position < 0:
+                raise ValueError(f"negative seek position {position}")
+            self._position = position
         return position
 
     def transmit(self, dest: Any, count: Optional[int] = None,
@@ -182,6 +195,7 @@ class Transmission:
         self._pipe: Optional[tuple[int, int]] = None
         self._in_pipe = 0
         self._wait = (self._plan.dest.fd, _POLLOUT)
+        self._busy = threading.Lock()  # a thread is inside send(), run(), fetch() or close()
         if self._plan.length == 0 and not self._prefix:
             self._finish()
 
@@ -208,9 +222,11 @@ class Transmission:
         For a worker thread, when ``waiting.event`` is ``"disk"``; the
         transmission must stay open until it returns.  Does nothing otherwise.
         """
-        if self.done or not self._blocked or self._wait[1] != _plan.WAIT_DISK:
-            return
-        _plan.fetch(self._plan.src_fd, self._plan.start + self.sent, self._window())
+        self._claim()
+        try:
+            self._fetch()
+        finally:
+            self._busy.release()
 
     def send(self) -> int:
         """Do one non-blocking step; return the bytes (headers included) it sent.
@@ -218,6 +234,50 @@ class Transmission:
         Raises BlockingIOError when nothing could be sent.  After any step,
         ``waiting`` says what the next one needs first.
         """
+        self._claim()
+        try:
+            return self._send()
+        finally:
+            self._busy.release()
+
+    def run(self) -> int:
+        """Drive the transmission to its end on a blocking *dest*; return body bytes sent.
+
+        Waits for the destination as long as its timeout allows, and closes
+        the transmission however it ends.
+        """
+        return _run(self)
+
+    def close(self) -> None:
+        """Stop: leave the source just after the last byte sent, free the pipe."""
+        self._claim()
+        try:
+            self._close()
+        finally:
+            self._busy.release()
+
+    def __enter__(self) -> "Transmission":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_pipe", None) is not None:
+            self._close()  # the last reference: no other thread can be inside
+
+    # -- driving -------------------------------------------------------------
+
+    def _claim(self) -> None:
+        if not self._busy.acquire(False):
+            raise _plan.in_use_error()
+
+    def _fetch(self) -> None:
+        if self.done or not self._blocked or self._wait[1] != _plan.WAIT_DISK:
+            return
+        _plan.fetch(self._plan.src_fd, self._plan.start + self.sent, self._window())
+
+    def _send(self) -> int:
         if self.done:
             return 0
         self._moved = 0
@@ -239,30 +299,21 @@ class Transmission:
         except OSError as exc:
             successor = self._plan.fallback(exc, self.sent)
             if successor is None:
-                self.close()
+                self._close()
                 raise
             self._take_back_pipe()
             self._plan = successor
             moved = self._moved
-            return moved + self.send()
+            return moved + self._send()
         except BaseException:
-            self.close()
+            self._close()
             raise
         finally:
             if guard is not None:
                 guard.restore()
         return self._moved
 
-    def run(self) -> int:
-        """Drive the transmission to its end on a blocking *dest*; return body bytes sent.
-
-        Waits for the destination as long as its timeout allows, and closes
-        the transmission however it ends.
-        """
-        return _run(self)
-
-    def close(self) -> None:
-        """Stop: leave the source just after the last byte sent, free the pipe."""
+    def _close(self) -> None:
         if self._pipe is not None:
             for fd in self._pipe:
                 os.close(fd)
@@ -274,16 +325,6 @@ class Transmission:
             if pending and self._plan.path in (READ, READINTO):
                 _unread(self._plan.reader, len(pending))
             self._plan.finish(self.sent)
-
-    def __enter__(self) -> "Transmission":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_pipe", None) is not None:
-            self.close()
 
     # -- the steps -----------------------------------------------------------
 
@@ -301,7 +342,7 @@ class Transmission:
     def _finish(self) -> None:
         if self._prefix_more and self.sent == 0:
             _push(self._plan.dest)
-        self.close()
+        self._close()
 
     def _remaining(self) -> int:
         length = self._plan.length
@@ -500,7 +541,7 @@ class Transmission:
         """Wait until the end that stopped the last step is ready again."""
         fd, events = self._wait
         if events == _plan.WAIT_DISK:
-            self.fetch()  # blocking anyway: read the cold bytes here
+            self._fetch()  # blocking anyway: read the cold bytes here
             return
         self._wait = (self._plan.dest.fd, _POLLOUT)
         if fd < 0:
@@ -513,17 +554,19 @@ class Transmission:
 def _run(tx: Transmission) -> int:
     """Drive *tx* to the end, waiting as the destination's timeout allows."""
     timeout = tx._plan.dest.timeout
+    tx._claim()
     try:
         _plan.check_blocking(tx._plan.dest)
         while not tx.done:
             try:
-                tx.send()
+                tx._send()
             except BlockingIOError:
                 tx._block(timeout)
             except socket.timeout as exc:  # an alias of TimeoutError from 3.10
                 raise TimeoutError(*exc.args) from None
     finally:
-        tx.close()
+        tx._close()
+        tx._busy.release()
     return tx.sent
 
 
@@ -594,23 +637,28 @@ def _memory_calls() -> Any:
     """libc's mmap (with a 64-bit offset), mincore and munmap, or None where not to be had."""
     global _MEMORY_CALLS
     if _MEMORY_CALLS is False:
-        _MEMORY_CALLS = None
-        if ctypes is not None and sys.platform != "win32":
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                try:
-                    map_file = libc.mmap64  # a 64-bit offset on 32-bit glibc too
-                except AttributeError:
-                    map_file = libc.mmap    # musl, the BSDs: off_t is 64-bit
-                map_file.restype = ctypes.c_void_p
-                map_file.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                                     ctypes.c_int, ctypes.c_int, ctypes.c_int64)
-                libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-                libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-                _MEMORY_CALLS = (map_file, libc.mincore, libc.munmap)
-            except (AttributeError, OSError):
-                pass
+        # Assigned once, whole: a thread arriving meanwhile looks them up too.
+        _MEMORY_CALLS = _look_up_memory_calls()
     return _MEMORY_CALLS
+
+
+def _look_up_memory_calls() -> Any:
+    if ctypes is None or sys.platform == "win32":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            map_file = libc.mmap64  # a 64-bit offset on 32-bit glibc too
+        except AttributeError:
+            map_file = libc.mmap    # musl, the BSDs: off_t is 64-bit
+        map_file.restype = ctypes.c_void_p
+        map_file.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_int, ctypes.c_int64)
+        libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        return (map_file, libc.mincore, libc.munmap)
+    except (AttributeError, OSError):
+        return None
 
 
 def _make_pipe() -> tuple[int, int]:

@@ -68,23 +68,30 @@ def _write(self: Any, data: bytes) -> None:
 _PATCHES = {"result_is_file": _result_is_file, "sendfile": _sendfile, "write": _write}
 
 
+# Two threads installing at once must not both save the stock methods: the
+# second would save the first one's patches as "stock".
+_patching = threading.Lock()
+
+
 def install() -> None:
     """Send every wsgiref handler's file responses through fastwrap."""
     global _stock
-    if _stock is None:
-        cls = handlers.BaseHandler
-        _stock = tuple(cls.__dict__[name] for name in _PATCHES)
-        for name, patch in _PATCHES.items():
-            setattr(cls, name, patch)
+    with _patching:
+        if _stock is None:
+            cls = handlers.BaseHandler
+            _stock = tuple(cls.__dict__[name] for name in _PATCHES)
+            for name, patch in _PATCHES.items():
+                setattr(cls, name, patch)
 
 
 def uninstall() -> None:
     """Put wsgiref back as it was before :func:`install`."""
     global _stock
-    if _stock is not None:
-        for name, original in zip(_PATCHES, _stock):
-            setattr(handlers.BaseHandler, name, original)
-        _stock = None
+    with _patching:
+        if _stock is not None:
+            for name, original in zip(_PATCHES, _stock):
+                setattr(handlers.BaseHandler, name, original)
+            _stock = None
 
 
 def is_installed() -> bool:
