@@ -150,13 +150,13 @@ def isolated_build(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 
 def test_wheel_builds_with_the_extension_and_passes_twine_check(isolated_build: tuple) -> None:
-    out, _ = isolated_build
+    out, output = isolated_build
     (wheel,) = out.glob("fastwrap-*.whl")
     import zipfile
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert any(name.startswith("fastwrap/_fastwrap") and name.endswith((".so", ".pyd"))
-               for name in names), names
+               for name in names), (names, output[-3000:])
     assert "fastwrap/py.typed" in names and "fastwrap/_fastwrap.pyi" in names
     run([sys.executable, "-m", "twine", "check", "--strict", str(wheel)])
 
