@@ -70,7 +70,7 @@ class _FileGateway:
     env: Dict[str, Any]
     started_response: bool
     start_response: Callable[..., Any]
-    write: Callable[[bytes], None]
+    body_written = 0  # by the application's write()
 
     def get_environ(self) -> Any:  # cheroot's stub says None, its code a dict
         environ: Dict[str, Any] = super().get_environ()  # type: ignore[misc]
@@ -85,9 +85,10 @@ class _FileGateway:
             response = serving.FileResponse.of(result) if self.started_response else None
             if response is not None and not req.sent_headers:
                 self._send_file(response)
+            elif response is not None:
+                self._iterate_file(response)
             else:
-                # As cheroot's Gateway.respond: an application that used
-                # write() first, or a result that is not a file.
+                # As cheroot's Gateway.respond, for a result that is not a file.
                 for chunk in filter(None, result):
                     if not isinstance(chunk, bytes):
                         raise ValueError("WSGI Applications must yield bytes")
@@ -103,9 +104,7 @@ class _FileGateway:
         response.prepare()
         method = req.method.decode("iso-8859-1")
         status = int(req.status[:3])
-        declared = next((value.decode("iso-8859-1") for key, value in req.outheaders
-                         if key.lower() == b"content-length"), None)
-        framing = serving.frame(response, method, status, declared)
+        framing = serving.frame(response, method, status, _declared_length(req))
         if framing.body and framing.count is not None and framing.short(framing.count):
             # Nothing is on the wire yet: cheroot answers 500 for an
             # application that fails before its head, and closes.
@@ -116,27 +115,76 @@ class _FileGateway:
             req.outheaders.append((b"Content-Length", str(framing.content_length).encode()))
         head = _head(req, framing.delimited)
         dest = req.conn.socket
-        if not framing.body:
-            req.conn.wfile.write(head)
-            sent, path = 0, "-"
-        elif isinstance(dest, socket.socket):  # ssl.SSLSocket included
-            transmission = fastwrap.Transmission(response.wrapper, dest, framing.count, head)
-            path = transmission.path
-            try:
-                sent = transmission.run()
-            finally:
-                _count_written(req, len(head) + transmission.sent)
-        else:
-            req.conn.wfile.write(head)
-            sent, path = 0, WRITER_PATH
-            for chunk in serving.iter_body(response, framing):
-                req.conn.wfile.write(chunk)
-                sent += len(chunk)
-        log.debug("%s %s: %s, %d body bytes by %s", method, self.env.get("PATH_INFO", "?"),
-                  req.status.decode("iso-8859-1"), sent, path)
+        sent, path = 0, "-"
+        try:
+            if not framing.body:
+                req.conn.wfile.write(head)
+            elif isinstance(dest, socket.socket):  # ssl.SSLSocket included
+                transmission = fastwrap.Transmission(response.wrapper, dest, framing.count, head)
+                path = transmission.path
+                try:
+                    sent = transmission.run()
+                finally:
+                    sent = transmission.sent
+                    _count_written(req, len(head) + sent)
+            else:
+                path = WRITER_PATH
+                req.conn.wfile.write(head)
+                for chunk in serving.iter_body(response, framing):
+                    req.conn.wfile.write(chunk)
+                    sent += len(chunk)
+        except BaseException as exc:
+            self._log(sent, path, exc)
+            raise
+        self._log(sent, path)
         if framing.short(sent):
             serving.report_short(framing, sent, self.env.get("PATH_INFO", "?"))
             req.close_connection = True
+
+    def _log(self, sent: int, path: str, error: Optional[BaseException] = None) -> None:
+        # One line per file response, ended or cut off, naming what carried its body.
+        req = self.req
+        log.debug("%s %s: %s, %d body bytes by %s%s", req.method.decode("iso-8859-1"),
+                  self.env.get("PATH_INFO", "?"), req.status.decode("iso-8859-1"), sent, path,
+                  "" if error is None else f", cut off by {type(error).__name__}")
+
+    def write(self, chunk: bytes) -> None:
+        """cheroot's ``write()``, counting the body bytes the application wrote."""
+        super().write(chunk)  # type: ignore[misc]
+        self.body_written += len(chunk)
+
+    def _iterate_file(self, response: serving.FileResponse) -> None:
+        """A file after the application's own ``write()``: the head is out, so by iteration.
+
+        cheroot's ``write()`` checks each piece against the whole
+        Content-Length, not against what is left of it: here the file gets
+        only what is left.
+        """
+        req = self.req
+        response.prepare()
+        declared = _declared_length(req)
+        left = serving.parse_content_length(declared)
+        framing = serving.frame(response, req.method.decode("iso-8859-1"), int(req.status[:3]),
+                                None if left is None else str(max(left - self.body_written, 0)))
+        sent = 0
+        try:
+            if framing.body:
+                for chunk in serving.iter_body(response, framing):
+                    req.write(chunk)
+                    sent += len(chunk)
+        except BaseException as exc:
+            self._log(sent, WRITER_PATH, exc)
+            raise
+        self._log(sent, WRITER_PATH)
+        if framing.short(sent):
+            serving.report_short(framing, sent, self.env.get("PATH_INFO", "?"))
+            req.close_connection = True
+
+
+def _declared_length(req: Any) -> Optional[str]:
+    """The application's Content-Length header, None if it gave none."""
+    return next((value.decode("iso-8859-1") for key, value in req.outheaders
+                 if key.lower() == b"content-length"), None)
 
 
 def _head(req: Any, delimited: bool) -> bytes:
