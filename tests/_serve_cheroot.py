@@ -65,11 +65,12 @@ class CherootServer:
 
 @contextlib.contextmanager
 def serve_cheroot(app_ref: str, kind: str = "fastwrap", *, tls: bool = False,
-                  env: Optional[Dict[str, str]] = None, threads: int = 4) -> Iterator[CherootServer]:
+                  env: Optional[Dict[str, str]] = None, threads: int = 4,
+                  timeout: float = 10) -> Iterator[CherootServer]:
     """Run cheroot serving *app_ref* ("module:attribute" from tests/); yield the server.
 
     *env* adds to the server's environment (``{"FASTWRAP_NO_EXTENSIONS": "1"}``
-    for the pure-Python engine).
+    for the pure-Python engine); *timeout* is cheroot's, for each connection.
     """
     import fastwrap  # where the fastwrap under test comes from (src/ in a checkout)
     src = Path(fastwrap.__file__).resolve().parents[1]
@@ -77,7 +78,8 @@ def serve_cheroot(app_ref: str, kind: str = "fastwrap", *, tls: bool = False,
         port_file = Path(scratch, "port")
         log = Path(scratch, "server.log")
         args = [sys.executable, str(Path(__file__)), "--app", app_ref, "--kind", kind,
-                "--port-file", str(port_file), "--threads", str(threads)]
+                "--port-file", str(port_file), "--threads", str(threads),
+                "--timeout", str(timeout)]
         context = None
         if tls:
             from _serve_gunicorn import certificate_authority, client_tls_context
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--kind", choices=("fastwrap", "installed", "stock"), required=True)
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=10)
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     options = parser.parse_args()
@@ -184,14 +187,16 @@ def main() -> None:
     address = ("127.0.0.1", 0)
     if options.kind == "fastwrap":
         import fastwrap.cheroot
-        server: Any = fastwrap.cheroot.Server(address, app, numthreads=options.threads)
+        server: Any = fastwrap.cheroot.Server(address, app, numthreads=options.threads,
+                                              timeout=options.timeout)
     else:
         if options.kind == "installed":
             import fastwrap.cheroot
             fastwrap.cheroot.install()
         else:
             app = _stock_file_wrapper(app)
-        server = cheroot.wsgi.Server(address, app, numthreads=options.threads)
+        server = cheroot.wsgi.Server(address, app, numthreads=options.threads,
+                                     timeout=options.timeout)
     if options.certfile:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
         server.ssl_adapter = BuiltinSSLAdapter(options.certfile, options.keyfile)

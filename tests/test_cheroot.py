@@ -24,6 +24,7 @@ import pytest
 pytest.importorskip("cheroot", reason="cheroot is in the project's test extra")
 
 from _serve_cheroot import CherootServer, serve_cheroot  # noqa: E402
+from apps_cheroot import PIPE_DATA  # noqa: E402
 from _support import random_bytes  # noqa: E402
 
 DATA = random_bytes(3_000_000 + 123, seed=4242)
@@ -191,6 +192,17 @@ def _eventually(read: Callable[[], Any], want: Any, timeout: float = 20) -> Any:
         time.sleep(0.05)
         value = read()
     return value
+
+
+def _settled(server: CherootServer) -> int:
+    """The server's descriptor count once it has stayed the same for half a second."""
+    count, since = server.descriptors(), time.monotonic()
+    while time.monotonic() - since < 0.5:
+        time.sleep(0.05)
+        now = server.descriptors()
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
 
 
 def _log_lines(server: CherootServer, pattern: str) -> List[str]:
@@ -362,7 +374,7 @@ def test_a_file_shrinking_mid_send_closes_the_connection(server, root):
 
 def test_a_client_leaving_mid_body_leaves_the_server_serving_and_no_descriptor_open(server):
     _exchange(server, ("GET", "/plain/files/data.bin"))
-    baseline = server.descriptors()
+    baseline = _settled(server)
     logged = len(server.log.read_bytes())
     for _ in range(3):
         with _connect(server, rcvbuf=4096) as sock:
@@ -422,3 +434,37 @@ def test_install_sends_a_stock_servers_files_through_fastwrap(root, engine_env):
         (_, body), = _exchange(s, ("GET", "/flask/files/data.bin"))
         assert body == DATA
         assert _kernel(_moved(before, _stats(s))) == (1, SIZE)
+
+
+def test_a_body_of_unknown_length_ends_with_the_connection_never_chunked(server, stock):
+    received = _until_eof(server, "/pipe")
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == PIPE_DATA
+    assert _header(head, "transfer-encoding") is None and _header(head, "content-length") is None
+    assert _header(head, "connection") == "close"
+    # Asked to stay alive, the server still closes after such a body.
+    with _connect(server) as sock:
+        sock.sendall(_request("/pipe"))
+        received = Reader(sock).rest()
+    assert received.partition(b"\r\n\r\n")[2] == PIPE_DATA
+    stock_head = _until_eof(stock, "/pipe").partition(b"\r\n\r\n")[0]
+    assert _header(stock_head, "transfer-encoding") == "chunked"
+
+
+@pytest.mark.parametrize("engine_env", ENGINES)
+def test_a_client_that_stops_reading_is_dropped_after_the_timeout_as_cheroot_does(
+        root, engine_env):
+    with serve_cheroot("apps_cheroot:app", "fastwrap", env=_env(root, engine_env),
+                       timeout=1) as s:
+        baseline = _settled(s)
+        with _connect(s, rcvbuf=4096) as sock:
+            sock.sendall(_request("/plain/files/big.bin"))
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+            cut = _eventually(
+                lambda: len(_log_lines(s, r"big\.bin: .* cut off by TimeoutError$")), 1, 15)
+            assert cut == 1, s.log.read_text()
+        assert _eventually(s.descriptors, baseline) == baseline
+        # As for cheroot's own timeouts: no traceback in its error log.
+        assert "Traceback" not in s.log.read_text()
+        (_, body), = _exchange(s, ("GET", "/gen/file?cl=6"))
+        assert body == DATA[:6]

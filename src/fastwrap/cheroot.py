@@ -135,6 +135,10 @@ class _FileGateway:
                     sent += len(chunk)
         except BaseException as exc:
             self._log(sent, path, exc)
+            if isinstance(exc, TimeoutError):
+                # The words cheroot looks for to drop a stalled client quietly,
+                # as it does when its own write times out.
+                raise TimeoutError("timed out") from exc
             raise
         self._log(sent, path)
         if framing.short(sent):
