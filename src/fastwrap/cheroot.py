@@ -105,7 +105,7 @@ class _FileGateway:
         method = req.method.decode("iso-8859-1")
         status = int(req.status[:3])
         framing = serving.frame(response, method, status, _declared_length(req))
-        if framing.body and framing.count is not None and framing.short(framing.count):
+        if framing.count is not None and framing.short(framing.count):
             # Nothing is on the wire yet: cheroot answers 500 for an
             # application that fails before its head, and closes.
             raise ValueError(
@@ -123,9 +123,9 @@ class _FileGateway:
                 transmission = fastwrap.Transmission(response.wrapper, dest, framing.count, head)
                 path = transmission.path
                 try:
-                    sent = transmission.run()
+                    transmission.run()
                 finally:
-                    sent = transmission.sent
+                    sent = transmission.sent  # also when cut off
                     _count_written(req, len(head) + sent)
             else:
                 path = WRITER_PATH
