@@ -7,6 +7,8 @@ exit stops it by its pid.  *kind*:
 - ``"fastwrap"``: ``fastwrap.cheroot.Server``, the drop-in;
 - ``"installed"``: ``fastwrap.cheroot.install()``, then a stock
   ``cheroot.wsgi.Server``;
+- ``"cherrypy"``: ``fastwrap.cheroot.install()``, then CherryPy's own
+  server with the application grafted on its tree;
 - ``"stock"``: cheroot as it is; its applications get the stdlib's
   ``wsgiref.util.FileWrapper`` as ``wsgi.file_wrapper`` (cheroot offers none),
   which cheroot iterates.
@@ -162,10 +164,33 @@ def _stock_file_wrapper(app: Any) -> Any:
     return application
 
 
+def _serve_cherrypy(app: Any, options: argparse.Namespace) -> None:
+    import fastwrap.cheroot
+    fastwrap.cheroot.install()  # before CherryPy builds its server, at engine start
+
+    import cherrypy
+    cherrypy.config.update({
+        "server.socket_host": "127.0.0.1", "server.socket_port": 0,
+        "server.thread_pool": options.threads, "server.socket_timeout": options.timeout,
+        "engine.autoreload.on": False, "checker.on": False, "log.screen": False,
+    })
+    cherrypy.tree.graft(app, "")
+    cherrypy.engine.start()
+    _write_port(options.port_file, cherrypy.server.bound_addr[1])
+    cherrypy.engine.block()
+
+
+def _write_port(path: str, port: int) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{port}\n")
+    os.replace(path + ".tmp", path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--app", required=True)
-    parser.add_argument("--kind", choices=("fastwrap", "installed", "stock"), required=True)
+    parser.add_argument("--kind", choices=("fastwrap", "installed", "cherrypy", "stock"),
+                        required=True)
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=10)
@@ -185,6 +210,9 @@ def main() -> None:
     module, _, attribute = options.app.partition(":")
     app = getattr(importlib.import_module(module), attribute)
     address = ("127.0.0.1", 0)
+    if options.kind == "cherrypy":
+        _serve_cherrypy(app, options)
+        return
     if options.kind == "fastwrap":
         import fastwrap.cheroot
         server: Any = fastwrap.cheroot.Server(address, app, numthreads=options.threads,
@@ -201,11 +229,7 @@ def main() -> None:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
         server.ssl_adapter = BuiltinSSLAdapter(options.certfile, options.keyfile)
     server.prepare()
-    tmp = options.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{server.bind_addr[1]}\n")
-    os.replace(tmp, options.port_file)
-    sys.stdout.flush()
+    _write_port(options.port_file, server.bind_addr[1])
     server.serve()
 
 

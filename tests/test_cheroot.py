@@ -468,3 +468,14 @@ def test_a_client_that_stops_reading_is_dropped_after_the_timeout_as_cheroot_doe
         assert "Traceback" not in s.log.read_text()
         (_, body), = _exchange(s, ("GET", "/gen/file?cl=6"))
         assert body == DATA[:6]
+
+
+def test_cherrypy_after_install_sends_grafted_applications_files_through_fastwrap(root):
+    pytest.importorskip("cherrypy", reason="cherrypy is in the project's test extra")
+    with serve_cheroot("apps_cheroot:app", "cherrypy", env=_env(root, {})) as s:
+        before = _stats(s)
+        responses = _exchange(s, ("GET", "/flask/files/data.bin"),
+                              ("GET", "/django/files/data.bin"),
+                              ("HEAD", "/plain/files/data.bin"))
+        assert [body for _, body in responses] == [DATA, DATA, b""]
+        assert _kernel(_moved(before, _stats(s))) == (2, 2 * SIZE)
