@@ -86,6 +86,32 @@ def serve_waitress(port: int, threads: int) -> None:
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
 
 
+def serve_cheroot(port: int, threads: int, fastwrap_engine: str = "") -> None:
+    """cheroot's WSGI server with *threads* worker threads.
+
+    *fastwrap_engine* empty: stock cheroot, which offers no
+    ``wsgi.file_wrapper``: the application gets the stdlib's, as a framework
+    falls back to its own, and cheroot iterates it.  ``"cython"`` or
+    ``"python"``: ``fastwrap.cheroot.Server`` with that engine.
+    """
+    if fastwrap_engine == "python":
+        os.environ["FASTWRAP_NO_EXTENSIONS"] = "1"  # before fastwrap is imported
+    if fastwrap_engine:
+        import fastwrap.cheroot
+        server = fastwrap.cheroot.Server(("127.0.0.1", port), app, numthreads=threads)
+    else:
+        import wsgiref.util
+
+        import cheroot.wsgi
+
+        def stock_app(environ, start_response):
+            environ.setdefault("wsgi.file_wrapper", wsgiref.util.FileWrapper)
+            return app(environ, start_response)
+
+        server = cheroot.wsgi.Server(("127.0.0.1", port), stock_app, numthreads=threads)
+    server.start()
+
+
 def main(argv: list) -> None:
     kind, port = argv[0], int(argv[1])
     threads = int(argv[2]) if len(argv) > 2 else 4
@@ -99,6 +125,10 @@ def main(argv: list) -> None:
         serve_gevent(port)
     elif kind == "waitress":
         serve_waitress(port, threads)
+    elif kind == "cheroot":
+        serve_cheroot(port, threads)
+    elif kind in ("cheroot-fastwrap", "cheroot-fastwrap-python"):
+        serve_cheroot(port, threads, "python" if kind.endswith("python") else "cython")
     else:
         raise SystemExit(f"unknown server kind {kind!r}")
 

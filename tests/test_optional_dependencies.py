@@ -76,6 +76,19 @@ def test_wsgi_integrations_without_their_server_say_what_to_install(module):
                      f"pip install {module}"]
 
 
+def test_fastwrap_cheroot_without_cheroot_says_what_to_install():
+    lines = run_without("cheroot", "import fastwrap.cheroot")
+    assert lines == ["fastwrap.cheroot needs cheroot, which is not installed: "
+                     "pip install 'fastwrap[cheroot]'"]
+
+
+def test_cheroot_extra_brings_cheroot_and_the_tests_get_it_too():
+    with open(PYPROJECT, "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    for extra in ("cheroot", "test"):
+        assert "cheroot" in {Requirement(r).name for r in extras[extra]}, extra
+
+
 def test_uvicorn_extra_brings_what_the_readme_commands_need():
     with open(PYPROJECT, "rb") as f:
         extras = tomllib.load(f)["project"]["optional-dependencies"]
