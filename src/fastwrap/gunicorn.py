@@ -211,9 +211,9 @@ class _FileBody:
             serving.report_short(serving.Framing(True, None, None, promised), resp.sent,
                                   resp.req.path)
             resp.force_close()
-        close = getattr(self.result, "close", None)
-        if close is not None:
-            close()
+        # gunicorn closes this body once, even when sending failed: the
+        # application's result is closed here, and its wrappers close the rest.
+        self.response.close()
 
 
 class _NoBody:
