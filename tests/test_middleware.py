@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+from pathlib import Path
 import socket
 import struct
 import time
@@ -482,3 +483,38 @@ def test_file_response_close_closes_the_result_once(file_wrapper) -> None:
     response.close()
     assert calls == ["closed"]
     assert inner.filelike.closed
+
+
+def _readme_example() -> Dict[str, Any]:
+    """The code block of the README's protocol example, run."""
+    lines = (Path(__file__).resolve().parent.parent / "README.rst").read_text().splitlines()
+    start = lines.index(".. code-block:: python",
+                        lines.index("Middleware around a file response")) + 1
+    block = []
+    for line in lines[start + 1:]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    namespace: Dict[str, Any] = {}
+    exec(compile("\n".join(block), "README.rst (middleware example)", "exec"), namespace)
+    return namespace
+
+
+def test_readme_protocol_example_is_seen_through_and_closes_once(file_wrapper) -> None:
+    example = _readme_example()
+    ended: List[float] = []
+    inner = file_wrapper()
+    app = example["timing"](lambda environ, start_response: inner, ended.append)
+    result = app({}, None)
+    response = serving.FileResponse.of(validate.IteratorWrapper(result, [None]))
+    assert response is not None and response.wrapper is inner
+    response.close()
+    assert len(ended) == 1 and inner.filelike.closed
+    # Started, it is iterated: and yields the file's bytes.
+    again = example["timing"](lambda environ, start_response: file_wrapper(), ended.append)(
+        {}, None)
+    first = next(again)
+    assert serving.FileResponse.of(again) is None
+    assert first + b"".join(again) == b"0123456789" * 100
+    again.close()
+    assert len(ended) == 2

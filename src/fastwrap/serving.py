@@ -49,9 +49,12 @@ RESIDENT_WINDOW: int = _plan.RESIDENT_WINDOW
 #: ``wsgi_file_wrapped`` on it to that iterable, and so promises:
 #:
 #: - iterating the wrapper yields exactly the bytes iterating the wrapped
-#:   object would, nothing added, dropped or changed, and it has yielded
-#:   nothing yet (a wrapper that has started, or that transforms, sets it to
-#:   None or does not have it);
+#:   object would, nothing added, dropped or changed (a wrapper that
+#:   transforms does not have the attribute);
+#: - it has not started: ``__iter__`` returns the wrapper itself and starts
+#:   nothing (``wsgiref.validate`` and ``ClosingIterator`` call ``iter()`` on
+#:   what they wrap at once), and its first ``__next__`` sets the attribute
+#:   to None;
 #: - its ``close()`` calls the wrapped object's ``close()`` (if it has one),
 #:   once, whatever else it does before or after.
 #:
