@@ -18,7 +18,10 @@ loop, keep-alive, HTTP/2, TLS, timeouts, hooks and logs are untouched.
 What changes: ``environ['wsgi.file_wrapper']`` is :class:`fastwrap.FileWrapper`,
 and a result that is a file response (fastwrap's or the stdlib's FileWrapper,
 or werkzeug's range wrapper around either, as Flask's ``send_file`` answers a
-``Range:`` request) is sent by :func:`fastwrap.transmit` where gunicorn's
+``Range:`` request; also inside ``wsgiref.validate``, Werkzeug's
+``ClosingIterator`` or a middleware following the ``wsgi_file_wrapped``
+protocol, where gunicorn's own check reads the file in Python) is sent by
+:func:`fastwrap.transmit` where gunicorn's
 own ``Response.sendfile()`` would be, following the rules of
 :mod:`fastwrap.serving` instead of gunicorn's:
 
