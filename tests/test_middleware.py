@@ -39,7 +39,7 @@ from _serve_wsgiref import serve_wsgiref
 from _servers import get_stats
 from _support import HANG, random_bytes, recv_until_eof
 from conftest import import_compiled_engine
-from e2e_launchers import serving_root
+from e2e_launchers import UNSUPPORTED, serving_root
 
 APP = "middleware_apps:app"
 BIG = "big.bin"
@@ -156,6 +156,8 @@ class Server:
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def server(request: pytest.FixtureRequest, files: Dict[str, bytes]) -> Iterator[Server]:
     launcher, engine = request.param
+    if launcher in UNSUPPORTED:
+        pytest.skip(UNSUPPORTED[launcher])
     if engine == "cython" and import_compiled_engine() is None:
         pytest.skip("compiled engine not built")
     with LAUNCHERS[launcher]({"FASTWRAP_NO_EXTENSIONS": ENGINES[engine]}) as url:
