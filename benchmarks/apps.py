@@ -36,6 +36,12 @@ def app(environ, start_response):
     return environ["wsgi.file_wrapper"](f)
 
 
+if os.environ.get("FASTWRAP_BENCH_MIDDLEWARE") == "validate":
+    # servers.py --middleware validate: every server's application inside the
+    # middleware behind which gunicorn stops sending files by sendfile (#2279).
+    from wsgiref.validate import validator
+    app = validator(app)
+
 application = app  # the name mod_wsgi-express and uWSGI look for
 
 

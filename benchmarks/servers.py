@@ -895,6 +895,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--probe-seconds", type=float, default=3.0,
                    help="length of each pure-Python speed measurement (default 3)")
     p.add_argument("--no-probes", action="store_true", help="skip the RSS and GIL figures")
+    p.add_argument("--middleware", choices=("none", "validate"), default="none",
+                   help="put every server's application inside wsgiref.validate.validator")
     p.add_argument("--json", metavar="FILE", help="write every round's raw results here")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
     p.add_argument("--from-json", metavar="FILE",
@@ -964,6 +966,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.makedirs(root)
         env = child_env()
         env["FASTWRAP_BENCH_ROOT"] = root
+        if args.middleware != "none":
+            env["FASTWRAP_BENCH_MIDDLEWARE"] = args.middleware
         ctx = Context(tmp, root, args.threads, env)
         try:
             client = build_client(tmp)
@@ -1014,6 +1018,8 @@ def report(args: argparse.Namespace, ran: List[ServerSpec], specs: List[ServerSp
     print(f"{args.rounds} rounds; big file {human_size(args.size)} x {args.big_requests} per "
           f"measurement on 1 connection; 4 KiB and 1 MiB: {args.connections} keep-alive "
           f"connections for {args.duration:g} s; medians [min-max]; ratios within a round.")
+    if getattr(args, "middleware", "none") != "none":
+        print(f"Every application inside middleware: {args.middleware}.")
     print(f"'fastwrap serve' ran as: {serve_via}.  No server writes an access log.  "
           f"1-min load average at each round's start: {', '.join(f'{x:.2f}' for x in load)}\n")
     print_table(ran, table, args.size)

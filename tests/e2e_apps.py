@@ -9,7 +9,10 @@ reports the serving process's ``fastwrap.stats()`` whichever launcher runs it.
 - ``plain``: returns ``environ['wsgi.file_wrapper'](f)`` itself
   (``?nocl=1``: no Content-Length, the server must add it;
   ``?offset=N``: the file is positioned at N before it is wrapped);
-- ``validated``: ``plain`` inside ``wsgiref.validate.validator``;
+- ``validated``: ``plain`` inside ``wsgiref.validate.validator`` (which fastwrap
+  sees through: still a file response);
+- ``iterated`` (in ``ITERATED_APPS``, not ``APPS``): ``plain`` behind a middleware
+  that wraps the body without saying it adds nothing: servers must iterate it;
 - ``flask``: Flask ``send_file(path, conditional=True)`` (ETag,
   Last-Modified, 304, and werkzeug's range wrapper for a 206);
 - ``django``: Django ``FileResponse``; ``GET /__django_finished__`` (answered
@@ -77,6 +80,23 @@ def _plain(environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]
 
 plain = with_stats(_plain)
 validated = with_stats(validator(_plain))
+
+
+class _Undeclared:
+    """A middleware's body wrapper that does not follow the wsgi_file_wrapped protocol."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Any:
+        return iter(self.inner)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+iterated = with_stats(lambda environ, start_response: _Undeclared(_plain(environ,
+                                                                         start_response)))
 
 
 # -- Flask ----------------------------------------------------------------------------------
@@ -213,3 +233,5 @@ APPS = {
     "django": "e2e_apps:django",
     "whitenoise": "e2e_apps:whitenoise",
 }
+#: Apps whose file responses no server can send as files, for the tests of iteration.
+ITERATED_APPS = {"iterated": "e2e_apps:iterated"}

@@ -20,7 +20,10 @@ File responses follow the rules every fastwrap integration shares (see
 ``fastwrap.serving``): the body starts at the file's ``tell()``; at most
 min(Content-Length, what the file holds) bytes leave; a missing
 Content-Length is set from the file; no body for HEAD, 1xx, 204 and 304; a
-file that comes up short is logged and the connection closed; and the
+file that comes up short is logged and the connection closed; a file
+response inside wrappers that add nothing to its bytes (``wsgiref.validate``,
+Werkzeug's ``ClosingIterator``, the ``wsgi_file_wrapped`` protocol) is sent
+the same way, and pywsgi closes the application's result once; and the
 access log counts the bytes really sent (headers included, as pywsgi counts
 them).  Anything else the application returns is iterated by pywsgi, under
 the same rules: no body for HEAD, 1xx, 204 and 304 (stock pywsgi sends a

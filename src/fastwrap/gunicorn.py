@@ -18,7 +18,10 @@ loop, keep-alive, HTTP/2, TLS, timeouts, hooks and logs are untouched.
 What changes: ``environ['wsgi.file_wrapper']`` is :class:`fastwrap.FileWrapper`,
 and a result that is a file response (fastwrap's or the stdlib's FileWrapper,
 or werkzeug's range wrapper around either, as Flask's ``send_file`` answers a
-``Range:`` request) is sent by :func:`fastwrap.transmit` where gunicorn's
+``Range:`` request; also inside ``wsgiref.validate``, Werkzeug's
+``ClosingIterator`` or a middleware following the ``wsgi_file_wrapped``
+protocol, where gunicorn's own check reads the file in Python) is sent by
+:func:`fastwrap.transmit` where gunicorn's
 own ``Response.sendfile()`` would be, following the rules of
 :mod:`fastwrap.serving` instead of gunicorn's:
 
@@ -211,9 +214,9 @@ class _FileBody:
             serving.report_short(serving.Framing(True, None, None, promised), resp.sent,
                                   resp.req.path)
             resp.force_close()
-        close = getattr(self.result, "close", None)
-        if close is not None:
-            close()
+        # gunicorn closes this body once, even when sending failed: the
+        # application's result is closed here, and its wrappers close the rest.
+        self.response.close()
 
 
 class _NoBody:

@@ -15,15 +15,21 @@ gevent, asyncio) all ask this module, so each rule is written once:
   (a pipe), the connection's end is the body's;
 - no body for HEAD, 1xx, 204 and 304;
 - a file that comes up short of what was promised is logged, and the
-  connection must be closed rather than left waiting.
+  connection must be closed rather than left waiting;
+- a file response inside wrappers that add nothing to its bytes (the
+  stdlib's ``wsgiref.validate``, Werkzeug's ``ClosingIterator``, any
+  middleware following the :data:`WRAPPED` protocol) is still a file
+  response; the server closes what the application returned, once, and
+  each wrapper closes what it wraps.
 """
 from __future__ import annotations
 
+import functools
 import io
 import mmap
 import os
 import stat
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from . import _plan
 from ._paths import log
@@ -37,6 +43,32 @@ BACKOFF: float = _plan.BACKOFF
 RESIDENT_WINDOW: int = _plan.RESIDENT_WINDOW
 
 
+#: The attribute by which a response wrapper tells servers what it wraps.
+#:
+#: A middleware whose result wraps the application's iterable sets
+#: ``wsgi_file_wrapped`` on it to that iterable, and so promises:
+#:
+#: - iterating the wrapper yields exactly the bytes iterating the wrapped
+#:   object would, nothing added, dropped or changed (a wrapper that
+#:   transforms does not have the attribute);
+#: - it has not started: ``__iter__`` returns the wrapper itself and starts
+#:   nothing (``wsgiref.validate`` and ``ClosingIterator`` call ``iter()`` on
+#:   what they wrap at once), and its first ``__next__`` sets the attribute
+#:   to None;
+#: - its ``close()`` calls the wrapped object's ``close()`` (if it has one),
+#:   once, whatever else it does before or after.
+#:
+#: A server may then send the wrapped object in its place (a file zero-copy)
+#: without iterating the wrapper, and closes the wrapper, which closes the
+#: rest.  Anything done in the wrapper's ``__iter__``/``__next__`` does not
+#: run then: work that must happen at the end belongs in ``close()``.
+WRAPPED: str = "wsgi_file_wrapped"
+
+#: How many wrappers deep :meth:`FileResponse.of` looks for a file (a guard
+#: against a chain that loops back on itself).
+MAX_LAYERS: int = 32
+
+
 def stall_message(timeout: Optional[float], on_dest: bool) -> str:
     """The error for a transmission that made no progress for *timeout* seconds.
 
@@ -48,14 +80,16 @@ def stall_message(timeout: Optional[float], on_dest: bool) -> str:
 class FileResponse:
     """A WSGI result whose body can be transmitted as a file, and how much of it."""
 
-    __slots__ = ("result", "wrapper", "range_start", "limit")
+    __slots__ = ("result", "wrapper", "range_start", "limit", "layers", "_closed")
 
     def __init__(self, result: Any, wrapper: Any, range_start: Optional[int] = None,
-                 limit: Optional[int] = None) -> None:
+                 limit: Optional[int] = None, layers: Tuple[Any, ...] = ()) -> None:
         self.result = result          # what the application returned (the server closes it)
         self.wrapper = wrapper        # the FileWrapper inside it
         self.range_start = range_start
         self.limit = limit            # a range's length, on top of Content-Length
+        self.layers = layers          # the wrappers seen through, outermost (result) first
+        self._closed = False
 
     @classmethod
     def of(cls, result: Any) -> Optional["FileResponse"]:
@@ -64,15 +98,51 @@ class FileResponse:
         Recognises fastwrap's FileWrapper, the stdlib's wsgiref FileWrapper
         around a binary file, and werkzeug's range wrapper around either
         (Flask's ``send_file`` answering a ``Range:`` request), which is sent
-        by seeking to the range instead of reading up to it.  Anything else
-        is left to plain iteration, which is always correct.
+        by seeking to the range instead of reading up to it.  Any of these
+        may sit inside wrappers that :func:`unwrap` sees through
+        (``wsgiref.validate``, Werkzeug's ``ClosingIterator``, the
+        :data:`WRAPPED` protocol), up to :data:`MAX_LAYERS` deep.  Anything
+        else is left to plain iteration, which is always correct.
+
+        Either way the server closes *result* (see :meth:`close`), never the
+        file wrapper inside it.
         """
-        if _plan.is_plain_file_wrapper(result):
-            return cls(result, result)
-        if (_is_untouched_range_wrapper(result)
-                and _plan.is_plain_file_wrapper(result.iterable)):
-            return cls(result, result.iterable, result.start_byte, result.byte_range)
-        return None
+        layers: list[Any] = []
+        inner = result
+        while True:
+            if _plan.is_plain_file_wrapper(inner):
+                return cls(result, inner, layers=tuple(layers))
+            if _is_untouched_range_wrapper(inner):
+                if _plan.is_plain_file_wrapper(inner.iterable):
+                    return cls(result, inner.iterable, inner.start_byte, inner.byte_range,
+                               tuple(layers))
+                # A wrapper between the range and the file would make werkzeug
+                # skip by reading, not seek: left to iteration.
+                return None
+            if len(layers) == MAX_LAYERS:
+                return None
+            wrapped = unwrap(inner)
+            if wrapped is None:
+                return None
+            layers.append(inner)
+            inner = wrapped
+
+    def close(self) -> None:
+        """Close what the application returned, once, as PEP 3333 asks of a server.
+
+        Only ``result.close()``: every wrapper closes what it wraps (the
+        :data:`WRAPPED` protocol asks it to, the known wrappers do), so each
+        layer and then the file are closed once, in the order iteration
+        would have closed them.  A second call does nothing.  A server
+        whose own code already closes the result (wsgiref's handlers,
+        gevent's pywsgi) leaves it to that code instead: never both.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()
 
     @property
     def filelike(self) -> Any:
@@ -197,10 +267,70 @@ def iter_body(response: FileResponse, framing: Framing) -> Iterator[bytes]:
             break
 
 
+def unwrap(obj: Any) -> Optional[Any]:
+    """What *obj* wraps, if it is a wrapper that adds nothing to the bytes and is untouched.
+
+    Seen through: ``wsgiref.validate``'s iterator (once ``start_response``
+    was called, before its first item and its ``close()``); Werkzeug's
+    ``ClosingIterator`` (which closes what it wraps first, then its own
+    callbacks); and any object whose :data:`WRAPPED` attribute names what it
+    wraps.  Known classes are matched by module and name, exactly: no
+    subclass (which may change the bytes), and werkzeug is never imported.
+    None for anything else: it must be iterated.
+    """
+    cls = type(obj)
+    known = _KNOWN.get((cls.__module__, cls.__qualname__))
+    if known is not None:
+        return known(obj)
+    try:
+        wrapped = getattr(obj, WRAPPED, None)
+    except Exception:  # a property that fails says nothing to rely on
+        return None
+    if wrapped is None or wrapped is obj:
+        return None
+    if callable(getattr(wrapped, "close", None)) and not callable(getattr(obj, "close", None)):
+        return None  # closing the result would leave what it wraps open
+    return wrapped
+
+
+def _validated(obj: Any) -> Optional[Any]:
+    # wsgiref.validate.IteratorWrapper: check_start_response is the list
+    # start_response appends to, until the first item makes it None.  With
+    # start_response not yet called, iterating is what reports it.
+    started = getattr(obj, "check_start_response", None)
+    inner = getattr(obj, "original_iterator", None)
+    if (getattr(obj, "closed", None) is not False or type(started) is not list or not started
+            or inner is None or getattr(obj, "iterator", None) is not inner):
+        return None
+    return inner
+
+
+def _closing(obj: Any) -> Optional[Any]:
+    # werkzeug.wsgi.ClosingIterator keeps only next() bound to iter(iterable),
+    # and, first among its callbacks, the iterable's close.
+    step = getattr(obj, "_next", None)
+    if not (isinstance(step, functools.partial) and step.func is next
+            and len(step.args) == 1 and not step.keywords):
+        return None
+    inner = step.args[0]
+    close = getattr(inner, "close", None)
+    callbacks = getattr(obj, "_callbacks", None)
+    if close is not None and not (isinstance(callbacks, list) and callbacks
+                                  and callbacks[0] == close):
+        return None
+    return inner
+
+
+_KNOWN: Dict[Tuple[str, str], Callable[[Any], Optional[Any]]] = {
+    ("wsgiref.validate", "IteratorWrapper"): _validated,
+    ("werkzeug.wsgi", "ClosingIterator"): _closing,
+}
+
+
 def _is_untouched_range_wrapper(obj: Any) -> bool:
     # werkzeug.wsgi._RangeWrapper, not yet iterated.  Matched by name so
     # that fastwrap does not import werkzeug.
     cls = type(obj)
-    return (cls.__name__ == "_RangeWrapper" and cls.__module__.startswith("werkzeug")
+    return (cls.__qualname__ == "_RangeWrapper" and cls.__module__ == "werkzeug.wsgi"
             and getattr(obj, "read_length", None) == 0
             and isinstance(getattr(obj, "start_byte", None), int))

@@ -6,7 +6,11 @@ fastwrap.  It keeps ``wsgiref.util.FileWrapper`` as the handlers'
 ``wsgi.file_wrapper`` (CPython's own test_wsgiref asserts it) and does its
 work in the ``sendfile()`` hook that BaseHandler offers for exactly this,
 recognising the stdlib's wrapper, fastwrap's, and werkzeug's range wrapper
-around either.
+around either, also inside wrappers that add nothing to the bytes
+(``wsgiref.validate``, Werkzeug's ``ClosingIterator``, the
+``wsgi_file_wrapped`` protocol: see :func:`fastwrap.serving.unwrap`).
+BaseHandler closes the application's result once, as it always does, and
+each wrapper closes what it wraps.
 
 ``make_server()`` is a threaded HTTP/1.1 server with keep-alive whose
 handler does the same without patching anything.
