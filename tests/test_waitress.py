@@ -229,6 +229,15 @@ def test_head_without_content_length_gets_the_files(server):
     assert body == bytes(range(4))
 
 
+def test_head_of_a_file_of_unknown_length_has_no_body(server):
+    # No length to give (an empty file may be a /proc file): waitress
+    # announces a chunked body, and stock waitress then sends its terminator.
+    raw = exchange(server, request("/file?name=empty.bin&cl=none", "HEAD", close=True))
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest == b""
+
+
 def test_304_file_response_has_no_body(server):
     raw = request("/file?name=small.bin&status=304") + request("/small?size=12", close=True)
     ours = exchange(server, raw)
@@ -349,7 +358,11 @@ def test_clients_leaving_mid_body_leave_no_descriptor_behind(server, root):
     ours = exchange(server, request("/plain/files/small.bin", close=True))
     assert ours.partition(b"\r\n\r\n")[2] == SMALL
     wait_for(lambda: server_fds(server) <= baseline, "descriptors back to the baseline")
-    assert "Traceback" not in server.log()[logged:]
+    log = server.log()[logged:]
+    assert "Traceback" not in log
+    # The transmissions ended where the clients left.
+    assert log.count("GET /files/big.bin: ") == 5
+    assert log.count(f"of {BIG_SIZE} body bytes by sendfile, then the connection closed") == 5
 
 
 @needs_linux

@@ -104,12 +104,22 @@ def _fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
 class _Task(WSGITask):
     """waitress's WSGITask, telling the application wrapper which task it serves."""
 
+    headers_only = False  # a file response that may have no body (HEAD, 1xx, 204, 304)
+
     def execute(self) -> None:
         _running.task = self
         try:
             super().execute()
         finally:
             _running.task = None
+
+    def build_response_header(self) -> bytes:
+        head: bytes = super().build_response_header()
+        if self.headers_only:
+            # waitress chunk-encodes a HEAD response of unknown length and
+            # would send the chunked body's terminator after its headers.
+            self.chunked_response = False
+        return head
 
 
 class _FileBody(ReadOnlyFileBasedBuffer):
@@ -131,6 +141,7 @@ class _FileBody(ReadOnlyFileBasedBuffer):
         self.tx: Optional[Any] = None
         self.broken = False  # the client went away mid-body
         self.cut = False  # the file came up short: the connection is closing
+        self.logged = False  # its debug line is written
         self._lock = threading.Lock()
         self._off_loop = False  # a fetch thread is using the file
         self._closed = False
@@ -185,19 +196,14 @@ class _FileBody(ReadOnlyFileBasedBuffer):
         self._release()
 
     def _release(self) -> None:
-        sent = 0
-        path = "-"
         tx = self.tx
         if tx is not None:
-            done = tx.done
             tx.close()  # leaves the file just after the last byte sent
-            sent, path = tx.sent, tx.path
-            if not done:
-                _log.debug("fastwrap: %s: %d of %d body bytes by %s, then the connection "
-                           "closed", self.what, sent, self.count, path)
-        elif self.count:
-            _log.debug("fastwrap: %s: 0 of %d body bytes, the connection closed first",
-                       self.what, self.count)
+        if not self.logged and self.count:
+            # The connection closed before the body was through.
+            sent, path = (tx.sent, tx.path) if tx is not None else (0, "-")
+            _log.debug("fastwrap: %s: %d of %d body bytes by %s, then the connection "
+                       "closed", self.what, sent, self.count, path)
         self.remain = 0
         if hasattr(self.response.result, "close"):
             self.response.result.close()
@@ -239,7 +245,10 @@ class _FileResponses:
         status = int(task.status.split(None, 1)[0])
         framing = serving.frame(response, method, status, declared)
         what = f"{method} {environ.get('PATH_INFO', '?')}"
-        if not framing.delimited:
+        if not framing.body:
+            task.headers_only = True
+            _log.debug("fastwrap: %s: no body (%s) by -", what, task.status)
+        elif not framing.delimited:
             # No length to announce (a pipe): waitress chunk-encodes what it
             # iterates, which keeps the connection usable.
             return response.result
@@ -253,18 +262,16 @@ class _FileResponses:
         if framing.content_length is not None:
             # waitress adds the header from this, where HTTP allows one.
             task.content_length = framing.content_length
-        if not framing.body:
-            _log.debug("fastwrap: %s: no body (%s) by -", what, task.status)
         return _FileBody(response, framing, what)
 
 
 class Channel(HTTPChannel):
     """waitress's HTTPChannel, whose writes send file bodies with fastwrap.
 
-    Every other outbuf is flushed as waitress flushes it.  A file body is
-    stepped once per flush (at most one residency window), so that a fast
-    client cannot hold the loop: the loop comes back to it at once while the
-    channel is writable.  While a fetch thread reads the file's next window,
+    Every other outbuf is flushed as waitress flushes it.  A file body moves
+    at most a socket buffer's worth (``SO_SNDBUF``, what waitress sends in one
+    piece) per flush, so that a fast client cannot hold the loop: the loop
+    comes back to it at once while the channel is writable.  While a fetch thread reads the file's next window,
     the channel is not writable; the thread wakes the loop when it is done.
     """
 
@@ -330,7 +337,13 @@ class Channel(HTTPChannel):
         tx = body.transmission(self.socket)
         before = tx.sent
         try:
-            tx.send()
+            # Steps until the socket takes no more, as waitress's own flush
+            # sends; but at most a socket buffer's worth, so that a client
+            # reading as fast as the file leaves cannot hold the loop.
+            while True:
+                tx.send()
+                if tx.done or tx.waiting is not None or tx.sent - before >= self.sendbuf_len:
+                    break
         except BlockingIOError:
             pass
         except OSError as exc:
@@ -344,6 +357,7 @@ class Channel(HTTPChannel):
         moved = tx.sent - before
         self._account(body, moved)
         if tx.done:
+            body.logged = True
             _log.debug("fastwrap: %s: %d of %d body bytes by %s", body.what, tx.sent,
                        body.count, tx.path)
             if tx.sent < body.count:
