@@ -11,11 +11,13 @@ Files come from the directory named by ``FASTWRAP_E2E_ROOT`` (see e2e_apps):
                         first (tell() is then ahead of the descriptor's
                         offset), ``status=304`` another status
 ``/small?size=K``       an ordinary iterated body of K bytes (``parts=P``: in P pieces)
+``/__threads__``        the names of this process's threads, one a line
 ``/__stats__``          this process's ``fastwrap.stats()`` and engine
 """
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable, Dict, Iterable
 from urllib.parse import parse_qs
 
@@ -59,6 +61,10 @@ def _app(environ: Dict[str, Any], start_response: Callable) -> Any:
         return _file(environ, start_response, q)
     if path == "/small":
         return _small(start_response, q)
+    if path == "/__threads__":
+        body = "\n".join(t.name for t in threading.enumerate()).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
     start_response("404 Not Found", [("Content-Length", "0")])
     return []
 

@@ -366,18 +366,30 @@ def test_clients_leaving_mid_body_leave_no_descriptor_behind(server, root):
 
 
 @needs_linux
-def test_cold_file_is_read_off_the_loop_and_exact(server, root):
-    path = root / f"cold-{server.implementation}.bin"
+@pytest.mark.parametrize("engine_env", [{}, {"FASTWRAP_NO_EXTENSIONS": "1"}],
+                         ids=["cython", "python"])
+def test_cold_file_is_read_by_fetch_threads_and_exact(root, engine_env):
+    path = root / f"cold-{len(engine_env)}.bin"
     data = random_bytes(8 * 1024 * 1024 + 3, seed=82)
     path.write_bytes(data)
     evict(str(path))
     if resident_pages(str(path)):
         pytest.skip("this filesystem keeps the file in memory")
-    # Meanwhile another client is answered: the loop does not wait on the disk.
-    ours = exchange(server, request(f"/plain/files/{path.name}", close=True))
-    assert ours.partition(b"\r\n\r\n")[2] == data
-    line = f"GET /files/{path.name}: {len(data)} of {len(data)} body bytes by sendfile"
-    wait_for(lambda: line in server.log(), "the cold file's debug line")
+
+    def fetch_threads(url: ServerURL) -> int:
+        names = exchange(url, request("/__threads__", close=True)).partition(b"\r\n\r\n")[2]
+        return names.count(b"fastwrap-fetch")
+
+    # A server of its own: its fetch threads start at the first wait on the disk.
+    with serve_waitress(APP, "fastwrap", env=dict(engine_env, FASTWRAP_E2E_ROOT=str(root))) \
+            as url:
+        exchange(url, request("/plain/files/small.bin", close=True))  # from the page cache
+        assert fetch_threads(url) == 0
+        ours = exchange(url, request(f"/plain/files/{path.name}", close=True))
+        assert ours.partition(b"\r\n\r\n")[2] == data
+        assert fetch_threads(url) >= 1
+        line = f"GET /files/{path.name}: {len(data)} of {len(data)} body bytes by sendfile"
+        wait_for(lambda: line in url.log(), "the cold file's debug line")
 
 
 # -- turning it on -------------------------------------------------------------------------------

@@ -397,7 +397,10 @@ class Channel(HTTPChannel):
             else:
                 select.select([wait.fd], [], [], timeout)
         except Exception:
-            self.logger.exception("fastwrap: waiting for %s failed", body.what)
+            # The headers are out: a body that cannot go on ends the connection.
+            self.logger.exception("fastwrap: %s: reading the file failed; closing the "
+                                  "connection", body.what)
+            self.will_close = True
         finally:
             body.back_on_loop()
             try:
