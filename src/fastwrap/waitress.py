@@ -271,8 +271,9 @@ class Channel(HTTPChannel):
     Every other outbuf is flushed as waitress flushes it.  A file body moves
     at most a socket buffer's worth (``SO_SNDBUF``, what waitress sends in one
     piece) per flush, so that a fast client cannot hold the loop: the loop
-    comes back to it at once while the channel is writable.  While a fetch thread reads the file's next window,
-    the channel is not writable; the thread wakes the loop when it is done.
+    comes back to it at once while the channel is writable.  While a fetch
+    thread reads the file's next window, the channel is not writable; the
+    thread wakes the loop when it is done.
     """
 
     task_class = _Task
