@@ -221,6 +221,15 @@ def test_head_of_a_file_has_its_length_and_no_body(server, stock):
     assert undated(exchange(stock, raw)).partition(b"\r\n\r\n")[0] == undated(head)
 
 
+def test_head_of_an_iterated_response_has_no_body_either(server, stock):
+    # Stock waitress sends an iterated body after a HEAD's headers, where the
+    # client reads it as the next response.
+    raw = request("/small?size=300&parts=3", "HEAD") + request("/small?size=7", close=True)
+    (head, _), (_, body) = split(exchange(server, raw), ["HEAD", "GET"])
+    assert b"\r\nContent-Length: 300" in head and body == bytes(range(7))
+    assert undated(exchange(stock, raw)).startswith(undated(head) + b"\r\n\r\n")
+
+
 def test_head_without_content_length_gets_the_files(server):
     raw = request("/file?name=small.bin&cl=none&skip=3", "HEAD") + request("/small?size=4",
                                                                              close=True)

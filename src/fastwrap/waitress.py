@@ -33,7 +33,8 @@ differs:
 - the body starts at the file's ``tell()`` and is min(Content-Length, what
   the file holds from there); the application's Content-Length is kept, and
   one is set from the file when it gave none (an empty file included);
-- no body for HEAD, 1xx, 204 and 304 (stock waitress sends the file);
+- no body for HEAD, 1xx, 204 and 304 (stock waitress sends the file, and
+  after a HEAD whatever body the application returns);
 - a file shorter than its Content-Length before the first byte is answered
   500, as waitress answers a failing application (stock waitress sends a
   200 with a smaller Content-Length than the application's);
@@ -102,9 +103,14 @@ def _fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
 
 
 class _Task(WSGITask):
-    """waitress's WSGITask, telling the application wrapper which task it serves."""
+    """waitress's WSGITask, telling the application wrapper which task it serves.
 
-    headers_only = False  # a file response that may have no body (HEAD, 1xx, 204, 304)
+    It also keeps a HEAD response bodiless whatever the application returns:
+    waitress would send an iterated body after a HEAD's headers, and, for a
+    body of unknown length, a chunked body's terminator.
+    """
+
+    headers_only = False  # a file response that may have no body (1xx, 204, 304)
 
     def execute(self) -> None:
         _running.task = self
@@ -113,13 +119,22 @@ class _Task(WSGITask):
         finally:
             _running.task = None
 
+    def _no_body(self) -> bool:
+        return self.headers_only or self.request.command.upper() == "HEAD"
+
     def build_response_header(self) -> bytes:
         head: bytes = super().build_response_header()
-        if self.headers_only:
-            # waitress chunk-encodes a HEAD response of unknown length and
-            # would send the chunked body's terminator after its headers.
-            self.chunked_response = False
+        if self._no_body():
+            self.chunked_response = False  # no terminator: there is no body to end
         return head
+
+    def write(self, data: bytes) -> None:
+        if data and self._no_body():
+            super().write(b"")  # the headers, if not out yet, as waitress writes them
+            # Counted as written, as waitress counts what it drops for a 304.
+            self.content_bytes_written += len(data)
+            return
+        super().write(data)
 
 
 class _FileBody(ReadOnlyFileBasedBuffer):
@@ -246,7 +261,7 @@ class _FileResponses:
         framing = serving.frame(response, method, status, declared)
         what = f"{method} {environ.get('PATH_INFO', '?')}"
         if not framing.body:
-            task.headers_only = True
+            task.headers_only = True  # HEAD is already; 1xx, 204, 304 too
             _log.debug("fastwrap: %s: no body (%s) by -", what, task.status)
         elif not framing.delimited:
             # No length to announce (a pipe): waitress chunk-encodes what it
