@@ -341,7 +341,7 @@ class Channel(HTTPChannel):
         return False
 
     def _send_file(self, body: _FileBody, do_close: bool) -> Tuple[int, bool]:
-        """One step of *body*: (body bytes moved, whether the body is done with)."""
+        """Send what the socket takes of *body*: (bytes moved, whether the body is done with)."""
         if body.broken:
             if do_close:
                 self.handle_close()
