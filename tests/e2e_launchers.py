@@ -1,6 +1,6 @@
 """Every server the end-to-end tests run, by name: ``LAUNCHERS[name](app_ref) -> URL``.
 
-The stdlib ones come from ``_servers``; gunicorn's and gevent's live in modules
+The stdlib ones come from ``_servers``; gunicorn's, gevent's and waitress's live in modules
 of their own, imported here defensively: one missing or broken launcher module
 leaves the others running, and is reported in ``UNAVAILABLE`` (which
 test_e2e_frameworks turns into one failing test per launcher, not a skip).
@@ -25,6 +25,7 @@ _EXTERNAL = [
     ("gunicorn-sync", "_serve_gunicorn", "serve_gunicorn", {"worker": "sync"}),
     ("gunicorn-gthread", "_serve_gunicorn", "serve_gunicorn", {"worker": "gthread"}),
     ("gevent", "_serve_gevent", "serve_gevent", {}),
+    ("waitress", "_serve_waitress", "serve_waitress", {"kind": "fastwrap"}),
 ]
 
 #: Every launcher the suite must have.
@@ -64,7 +65,7 @@ for _name, _module, _function, _kwargs in _EXTERNAL:
 #: Servers that must keep an HTTP/1.1 connection open after a file response.
 #: (The stock wsgiref server speaks HTTP/1.0, one request per connection, and
 #: gunicorn's sync worker closes after every response: both by design.)
-KEEP_ALIVE = {"make_server", "gunicorn-gthread", "gevent"}
+KEEP_ALIVE = {"make_server", "gunicorn-gthread", "gevent", "waitress"}
 
 
 @contextlib.contextmanager

@@ -68,7 +68,7 @@ def test_fastwrap_uvicorn_without_uvicorn_says_what_to_install():
                      "pip install 'fastwrap[uvicorn]'"]
 
 
-@pytest.mark.parametrize("module", ["gunicorn", "gevent"])
+@pytest.mark.parametrize("module", ["gunicorn", "gevent", "waitress"])
 def test_wsgi_integrations_without_their_server_say_what_to_install(module):
     lines = run_without(module, f"import fastwrap.{module}")
     # One line, as for uvicorn's: no traceback of the import above it.

@@ -4,7 +4,7 @@ PEP 3333 leaves framing to the server, and servers get it wrong in
 different ways (gunicorn starts at the raw descriptor offset and trusts
 Content-Length, uWSGI starts at byte 0, bjoern ignores Content-Length,
 waitress waits out a shrunk file).  fastwrap's integrations (wsgiref, make_server, gunicorn,
-gevent, asyncio) all ask this module, so each rule is written once:
+gevent, waitress, asyncio) all ask this module, so each rule is written once:
 
 - the body starts at the file's logical position (``tell()``);
 - at most min(Content-Length, what the file holds from there) bytes leave;
