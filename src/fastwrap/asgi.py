@@ -238,16 +238,23 @@ def h11_frame(connection: Any, n: int) -> Tuple[bytes, bytes]:
     return b"".join(pieces[:at]), b"".join(pieces[at + 1:])
 
 
+def _uses(code: types.CodeType, name: str) -> bool:
+    """Whether *code*, or a function defined inside it, reads the global *name*."""
+    return name in code.co_names or any(
+        _uses(const, name) for const in code.co_consts if isinstance(const, types.CodeType))
+
+
 def rebind(function: _F, name: str, value: Any, owner: str) -> _F:
     """A copy of a server's *function* that finds *value* under the global *name*.
 
     Servers create their protocol objects inline, by a module-global class
     name, in the middle of a longer method.  The copy changes exactly that
-    one name and keeps every other line the server's.  *owner* names the
+    one name and keeps every other line the server's (functions defined
+    inside it find the name too, as they share its globals).  *owner* names the
     integration, for the error raised when the server no longer uses *name*
     there.
     """
-    if name not in function.__code__.co_names:
+    if not _uses(function.__code__, name):
         raise ImportError(f"{owner} does not know this server version: "
                           f"{function.__qualname__} no longer uses {name}")
     namespace = dict(function.__globals__, **{name: value})
