@@ -268,17 +268,34 @@ def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
             yield server
 
 
+_PROGRAMMATIC_HYPERCORN = """
+import asyncio, sys, fastwrap.hypercorn
+from hypercorn.config import Config
+from _asgi_apps import app
+config = Config()
+config.bind = ["127.0.0.1:" + sys.argv[1]]
+config.loglevel, config.errorlog = "DEBUG", "-"
+if sys.argv[2] == "uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+asyncio.run(fastwrap.hypercorn.serve(app, config))
+"""
+
+
 @contextlib.contextmanager
 def serve_hypercorn(worker: str = "asyncio", engine: str = "c", stock: bool = False,
                     data_dir: Optional[Path] = None, tls: Optional[Any] = None,
                     cwd: Optional[Path] = None, file_permissions: bool = False,
                     workers: int = 1, env: Optional[Dict[str, str]] = None,
+                    programmatic: bool = False,
                     app_ref: str = "_asgi_apps:app") -> Iterator[Server]:
     """Run ``python -m fastwrap.hypercorn`` (stock: ``python -m hypercorn``); yield a :class:`Server`.
 
     *worker* is hypercorn's ``--worker-class``; with *workers* >= 1 (hypercorn's
     default, 1) the requests are served by a worker process hypercorn spawns,
     whose pid ``server.worker_pid`` holds.  *env* adds to the server's environment.
+    *programmatic*: ``asyncio.run(fastwrap.hypercorn.serve(app, config))`` on
+    *worker*'s loop instead.
     """
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fastwrap-hypercorn-") as scratch:
@@ -286,6 +303,8 @@ def serve_hypercorn(worker: str = "asyncio", engine: str = "c", stock: bool = Fa
         args = [sys.executable, "-m", "hypercorn" if stock else "fastwrap.hypercorn", app_ref,
                 "--bind", f"127.0.0.1:{port}", "--worker-class", worker,
                 "--workers", str(workers), "--log-level", "debug", "--error-logfile", "-"]
+        if programmatic:
+            args = [sys.executable, "-c", _PROGRAMMATIC_HYPERCORN, str(port), worker]
         if tls_args:
             args += ["--certfile", tls_args[0], "--keyfile", tls_args[1]]
         with _started(args, port, scratch, engine, data_dir, cwd, file_permissions,

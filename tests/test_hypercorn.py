@@ -417,6 +417,19 @@ def test_answers_are_stock_hypercorns(data_dir):
         assert have == want, request
 
 
+@pytest.mark.parametrize("combo", SAMPLE)
+def test_serve_from_a_program(combo, data_dir):
+    engine, loop = combo.split("-")
+    with serve_hypercorn(worker=loop, engine=engine, data_dir=data_dir,
+                         programmatic=True) as server:
+        assert server.worker_pid == server.process.pid
+        assert json.loads(server.request("GET", "/raw/scope").body)["extensions"] == EXTENSIONS
+        before = server.stats()
+        assert server.request("GET", "/file/data.bin").body == DATA
+        assert moved(before, server.stats()) == {ZERO_COPY: (1, len(DATA))}
+        assert logged_soon(server, f"{len(DATA)} of {len(DATA)} body bytes by sendfile", 0)
+
+
 def test_in_process_worker_and_an_unknown_worker_class(data_dir):
     with serve_hypercorn(data_dir=data_dir, workers=0) as server:
         assert server.worker_pid == server.process.pid
