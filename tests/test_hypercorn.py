@@ -21,26 +21,29 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 
-from _support import HANG
+from _support import HANG, needs_linux
 from conftest import import_compiled_engine
 
 pytest.importorskip("hypercorn", reason="hypercorn is in the project's test extra")
 pytest.importorskip("starlette", reason="starlette is in the project's test extra")
 pytest.importorskip("fastapi", reason="fastapi is in the project's test extra")
 
-from _asgi_apps import mixed_expected  # noqa: E402
+from _asgi_checks import (  # noqa: E402
+    DATA, EXTENSIONS, RELATIVE, SAMPLE_FILE_BODIES, SAMPLE_REQUESTS, SMALL, UNUSABLE,
+    UNUSABLE_AFTER_HEAD, ZERO_COPY, check_a_cold_file_is_read_in_off_the_loop,
+    check_a_slow_client_holds_only_its_own_request, check_an_empty_pipe_is_waited_for,
+    check_disconnects_leak_nothing, check_file_response, check_file_shrinking_mid_body,
+    check_head_304_range_and_empty, check_pathsend_framing, check_relative_path,
+    check_unusable_after_the_head_left, check_unusable_before_the_first_byte,
+    check_zerocopysend_mixed_with_body_messages, check_zerocopysend_offset_count_and_descriptors,
+    make_data_dir, moved, sample_answers)
 from _asgi_servers import Server, serve_hypercorn  # noqa: E402
-from test_uvicorn import (  # noqa: E402
-    BIG, DATA, FILES, SAMPLE_REQUESTS, SMALL, UNUSABLE, answer, exchange, moved)
 
-ZERO_COPY = "sendfile"
-EXTENSIONS = ["http.response.pathsend", "http.response.zerocopysend"]
 
 
 def _has(module: str) -> bool:
@@ -72,12 +75,7 @@ SAMPLE = [p for p in FULL if p.id in ("c-asyncio", "pure-uvloop")]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hypercorn-data")
-    for name, data in FILES.items():
-        (directory / name).write_bytes(data)
-    (directory / "subdir").mkdir()
-    os.mkfifo(directory / "fifo")
-    (directory / "locked.bin").write_bytes(SMALL)
-    (directory / "locked.bin").chmod(0)
+    make_data_dir(directory)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -99,83 +97,30 @@ def server(request, data_dir):
 @pytest.mark.parametrize("target", ["/file/data.bin", "/file/small.bin", "/static/data.bin",
                                     "/fastapi/file/data.bin", "/file/big.bin"])
 def test_file_response_leaves_byte_exact_by_sendfile(server, target):
-    data = FILES[target.rsplit("/", 1)[1]]
-    before = server.stats()
-    response, = exchange(server, [("GET", target, [])])
-    after = server.stats()
-    assert response.status == 200
-    assert response.header("content-length") == str(len(data))
-    assert response.body == data
-    assert moved(before, after) == {ZERO_COPY: (1, len(data))}
+    check_file_response(server, target)
 
 
 @pytest.mark.parametrize("server", FULL, indirect=True)
 def test_head_304_range_and_empty_file(server):
-    before = server.stats()
-    head, full = exchange(server, [("HEAD", "/static/data.bin", []),
-                                   ("GET", "/static/data.bin", [])])
-    etag = full.header("etag")
-    not_modified, ranged, empty = exchange(server, [
-        ("GET", "/static/data.bin", [f"If-None-Match: {etag}"]),
-        ("GET", "/file/data.bin", ["Range: bytes=1000-1999999"]),
-        ("GET", "/file/empty.bin", [])])
-    after = server.stats()
-    assert head.status == 200 and head.body == b""
-    assert head.header("content-length") == str(len(DATA))
-    assert not_modified.status == 304 and not_modified.body == b""
-    assert ranged.status == 206 and ranged.body == DATA[1000:2000000]  # Starlette reads it
-    assert empty.status == 200 and empty.body == b"" and empty.header("content-length") == "0"
-    assert moved(before, after) == {ZERO_COPY: (1, len(DATA))}
+    check_head_304_range_and_empty(server)
 
 
 # -- the bare extensions -------------------------------------------------------------------
 
 @pytest.mark.parametrize("server", FULL, indirect=True)
 def test_zerocopysend_offset_count_and_descriptors(server):
-    before = server.stats()
-    positions = len(before["positions"])
-    responses = exchange(server, [
-        ("GET", "/raw/zerocopy?offset=12345&count=1000000", []),
-        ("GET", "/raw/zerocopy?offset=0&count=1", []),
-        ("GET", f"/raw/zerocopy?offset={len(DATA) - 10}&count=10", []),
-        ("GET", "/raw/descriptor?start=777&count=300000", [])])
-    after = server.stats()
-    assert [r.body for r in responses] == [DATA[12345:1012345], DATA[:1], DATA[-10:],
-                                           DATA[777:777 + 600000]]
-    # With an offset the file's position stays (7); without one it moves past the bytes sent.
-    assert after["positions"][positions:] == [7, 7, 7, 777 + 600000]
-    assert moved(before, after) == {ZERO_COPY: (5, 1000000 + 1 + 10 + 600000)}
+    check_zerocopysend_offset_count_and_descriptors(server)
 
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 @pytest.mark.parametrize("chunked", [False, True])
 def test_zerocopysend_mixed_with_body_messages(server, chunked):
-    before = server.stats()
-    response, = exchange(server, [("GET", f"/raw/mixed?chunked={int(chunked)}", [])])
-    after = server.stats()
-    expected = mixed_expected(DATA)
-    assert response.body == expected
-    if chunked:
-        assert response.header("transfer-encoding") == "chunked"
-    else:
-        assert response.header("content-length") == str(len(expected))
-    assert moved(before, after) == {ZERO_COPY: (3, 1000 + 70000 + 1)}
+    check_zerocopysend_mixed_with_body_messages(server, chunked)
 
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 def test_pathsend_framing(server):
-    before = server.stats()
-    longer, chunked, head, empty = exchange(server, [
-        ("GET", "/raw/pathsend?cl=1000", []),          # the file holds more: exactly 1000
-        ("GET", "/raw/pathsend?cl=none", []),          # no Content-Length: one chunk
-        ("HEAD", "/raw/pathsend", []),
-        ("GET", "/raw/pathsend?name=empty.bin", [])])
-    after = server.stats()
-    assert longer.body == DATA[:1000] and longer.header("content-length") == "1000"
-    assert chunked.header("transfer-encoding") == "chunked" and chunked.body == DATA
-    assert head.body == b"" and head.header("content-length") == str(len(DATA))
-    assert empty.body == b"" and empty.header("content-length") == "0"
-    assert moved(before, after) == {ZERO_COPY: (2, 1000 + len(DATA))}
+    check_pathsend_framing(server)
 
 
 def logged_soon(server: Server, text: str, since: int) -> bool:
@@ -214,36 +159,21 @@ def test_the_debug_line_names_another_path_when_sendfile_is_off(combo, data_dir)
 # -- files that turn out unusable ------------------------------------------------------------
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
-@pytest.mark.parametrize("target", ["/rel/data.bin", "/fastapi/rel/data.bin",
-                                    "/raw/pathsend?name=data.bin&relative=1"])
+@pytest.mark.parametrize("target", RELATIVE)
 def test_relative_paths_resolve_in_the_working_directory(server, target):
-    before = server.stats()
-    response, = exchange(server, [("GET", target, [])])
-    assert response.status == 200 and response.body == DATA
-    assert moved(before, server.stats()) == {ZERO_COPY: (1, len(DATA))}
+    check_relative_path(server, target)
 
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 @pytest.mark.parametrize("target", list(UNUSABLE))
 def test_unusable_file_before_the_first_byte_is_hypercorns_500(server, target):
-    failed = answer(server, "/raw/fail")  # hypercorn's answer to an application that failed
-    assert failed.startswith(b"HTTP/1.1 500 ")
-    logged = len(server.log_text())
-    assert answer(server, target) == failed
-    assert UNUSABLE[target] in server.log_text()[logged:]
-    assert server.request("GET", "/file/small.bin").body == SMALL
+    check_unusable_before_the_first_byte(server, target)
 
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
-@pytest.mark.parametrize("query", ["name=missing.bin&cl=10", "name=subdir&cl=10",
-                                   f"name=small.bin&cl={len(SMALL) + 1000}"])
+@pytest.mark.parametrize("query", UNUSABLE_AFTER_HEAD)
 def test_unusable_file_after_the_head_left_closes_with_nothing_more(server, query):
-    with server.connect() as conn:
-        conn.send_request("GET", f"/raw/pathsend?{query}&flush=1")
-        response = conn.read_response()
-        assert response.status == 200 and response.body == b"" and not response.complete
-        assert conn.eof
-    assert server.request("GET", "/file/small.bin").body == SMALL
+    check_unusable_after_the_head_left(server, query)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -260,69 +190,34 @@ def test_curl_sees_a_response_cut_short_as_exit_18(server):
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 def test_file_shrinking_mid_body_closes_the_connection(server, data_dir):
-    name = "shrinking.bin"
-    path = data_dir / name
-    path.write_bytes(BIG)
-    try:
-        with server.connect(rcvbuf=16 * 1024) as conn:
-            conn.send_request("GET", f"/file/{name}")
-            first = conn.read(64 * 1024)  # the body has begun; its sender now waits on us
-            os.truncate(path, len(BIG) // 2)
-            head, _, body = (first + conn.read_to_eof()).partition(b"\r\n\r\n")
-    finally:
-        path.unlink()
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert f"content-length: {len(BIG)}".encode() in head.lower().split(b"\r\n")
-    assert body == BIG[:len(BIG) // 2], "not closed where the file ended"
-    assert f"the file ended after {len(BIG) // 2} of {len(BIG)}" in server.log_text()
-    assert server.request("GET", "/file/small.bin").body == SMALL
+    check_file_shrinking_mid_body(server, data_dir)
 
 
 # -- slow clients, disconnects ---------------------------------------------------------------
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 def test_a_slow_client_holds_only_its_own_request(server):
-    before = server.stats()
-    with server.connect(rcvbuf=16 * 1024) as slow:
-        slow.send_request("GET", "/file/big.bin", ["Connection: close"])
-        start = slow.read(64 * 1024)  # then stop reading: the server's sends block
-        assert start.startswith(b"HTTP/1.1 200 ")
-        results: List[Any] = []
-
-        def fast() -> None:
-            results.append(server.request("GET", "/file/data.bin").body == DATA)
-
-        threads = [threading.Thread(target=fast, daemon=True) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(HANG)
-        assert results == [True] * 4, "the fast clients did not get their files"
-        rest = slow.read_to_eof()
-    assert (start + rest).partition(b"\r\n\r\n")[2] == BIG
-    assert moved(before, server.stats()) == {ZERO_COPY: (5, 4 * len(DATA) + len(BIG))}
+    check_a_slow_client_holds_only_its_own_request(server)
 
 
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 def test_disconnects_mid_file_end_the_transfer_and_leak_nothing(server):
-    server.request("GET", "/file/small.bin")  # whatever a first request opens lazily
-    disconnects = server.stats()["disconnects"]
-    fds = server.open_fds()
-    for _ in range(50):
-        with server.connect(rcvbuf=16 * 1024) as conn:
-            conn.send_request("GET", "/raw/disconnect")
-            assert conn.read(32 * 1024).startswith(b"HTTP/1.1 200 ")
-        # leaving with unread bytes: the kernel resets the connection
-    deadline = time.monotonic() + HANG
-    while True:
-        info = server.stats()
-        settled = info["disconnects"] - disconnects == 50 and server.open_fds() == fds
-        if settled or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert info["disconnects"] - disconnects == 50, "receive() did not say http.disconnect"
-    assert server.open_fds() == fds, "descriptors leaked"
-    assert server.request("GET", "/file/small.bin").body == SMALL
+    check_disconnects_leak_nothing(server, 50)
+
+
+# -- what the loop waits for: an empty pipe, a cold file ---------------------------------------
+
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_empty_pipe_is_waited_for_not_polled(server, framing):
+    # Chunked, of unknown length, the pipe is read in pieces sent as hypercorn's body events.
+    check_an_empty_pipe_is_waited_for(server, framing)
+
+
+@needs_linux
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_a_cold_file_is_read_in_off_the_loop(server, data_dir):
+    check_a_cold_file_is_read_in_off_the_loop(server, data_dir)
 
 
 # -- what stays stock: HTTP/1.0, HTTP/2, TLS, and hypercorn's own answers -----------------------
@@ -396,23 +291,13 @@ def test_tls_keeps_stock_behaviour_and_does_not_advertise(data_dir, tls_ca):
 
 
 def test_answers_are_stock_hypercorns(data_dir):
-    def answers(server: Server) -> List[bytes]:
-        result = []
-        for request in SAMPLE_REQUESTS:
-            with server.connect() as conn:
-                conn.send(request)
-                raw = conn.read_to_eof()
-            result.append(b"\r\n".join(line for line in raw.split(b"\r\n")
-                                       if not line.lower().startswith(b"date: ")))
-        return result
-
     with serve_hypercorn(stock=True, data_dir=data_dir, cwd=data_dir) as stock:
-        expected = answers(stock)
+        expected = sample_answers(stock)
     with serve_hypercorn(data_dir=data_dir, cwd=data_dir) as ours:
         before = ours.stats()
-        got = answers(ours)
+        got = sample_answers(ours)
         # The file responses among them left through the engine.
-        assert moved(before, ours.stats()) == {ZERO_COPY: (3, 3 * len(SMALL))}
+        assert moved(before, ours.stats()) == {ZERO_COPY: SAMPLE_FILE_BODIES}
     for request, want, have in zip(SAMPLE_REQUESTS, expected, got):
         assert have == want, request
 
