@@ -181,6 +181,7 @@ class HTTPStream(_HTTPStream):
 
     def _release_soon(self) -> None:
         if self._fw_head is not None:
+            # Held here: the loop keeps only a weak reference to a task.
             self._fw_release = asyncio.ensure_future(self._release_head())
 
     def _take_head(self) -> Optional[Response]:
