@@ -442,4 +442,5 @@ if __name__ == "__main__":
     # workers there by name.
     from fastwrap.hypercorn import main as _module_main
 
+    sys.argv[0] = "python -m fastwrap.hypercorn"  # what hypercorn's usage line names
     sys.exit(_module_main())
