@@ -191,6 +191,8 @@ async def raw_disconnect(scope: Dict[str, Any], receive: Callable, send: Callabl
     await send(_head(os.path.getsize(path)))
     await send({"type": "http.response.pathsend", "path": path})
     message = await receive()
+    while message["type"] == "http.request":  # hypercorn queues the request's body first
+        message = await receive()
     if message["type"] == "http.disconnect":
         OBSERVED["disconnects"] += 1
 

@@ -1,9 +1,11 @@
-"""Real uvicorn processes on 127.0.0.1, and a plain HTTP/1.1 client that reads their bytes.
+"""Real uvicorn and hypercorn processes on 127.0.0.1, and a plain HTTP/1.1 client.
 
 ``with serve_uvicorn(http="fastwrap-httptools", loop="uvloop") as server:``
 starts ``python -m uvicorn`` (or ``uvicorn.run(...)`` with the protocol
 class, ``programmatic=True``) serving ``_asgi_apps:app`` from this directory,
 waits until ``GET /__stats__`` answers, and stops it at exit.
+``serve_hypercorn(worker="uvloop")`` does the same with ``python -m
+fastwrap.hypercorn`` (or stock ``python -m hypercorn``, ``stock=True``).
 
 The client side is deliberately low-level (a socket and a reader that keeps
 every byte it consumed), so that tests see the framing exactly as sent:
@@ -49,6 +51,7 @@ class Server:
         self.process = process
         self.log = log
         self.tls = tls  # the client's context, for a TLS server
+        self.worker_pid: Optional[int] = None  # where a server runs its worker in a child
 
     def connect(self, rcvbuf: Optional[int] = None) -> "Connection":
         return Connection(self, rcvbuf)
@@ -66,8 +69,12 @@ class Server:
         return result
 
     def open_fds(self) -> int:
-        assert self.process is not None
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+        """Descriptors open in the process serving requests (a worker of its own, if any)."""
+        pid = self.worker_pid
+        if pid is None:
+            assert self.process is not None
+            pid = self.process.pid
+        return len(os.listdir(f"/proc/{pid}/fd"))
 
     def log_text(self) -> str:
         assert self.log is not None
@@ -246,18 +253,7 @@ def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
     """
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fastwrap-uvicorn-") as scratch:
-        tls_args: List[str] = []
-        client_context = None
-        if tls is not None:
-            cert = tls.issue_cert("127.0.0.1", "localhost")
-            certfile, keyfile = os.path.join(scratch, "cert.pem"), os.path.join(scratch, "key.pem")
-            cert.cert_chain_pems[0].write_to_path(certfile)
-            for pem in cert.cert_chain_pems[1:]:
-                pem.write_to_path(certfile, append=True)
-            cert.private_key_pem.write_to_path(keyfile)
-            tls_args = [certfile, keyfile]
-            client_context = ssl.create_default_context()
-            tls.configure_trust(client_context)
+        tls_args, client_context = _certificate(tls, scratch)
         if programmatic:
             name = HTTP[http].rsplit(":", 1)[1]
             args = [sys.executable, "-c", _PROGRAMMATIC, str(port), loop, name, *tls_args]
@@ -267,23 +263,94 @@ def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
                     "--log-level", "debug", "--no-access-log"]
             if tls_args:
                 args += ["--ssl-certfile", tls_args[0], "--ssl-keyfile", tls_args[1]]
-        environ = {k: v for k, v in os.environ.items() if k != "FASTWRAP_DISABLE"}
-        environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS), str(SRC), os.environ.get("PYTHONPATH")) if p)
-        environ.update(engine_env(engine))
-        if data_dir is not None:
-            environ["FASTWRAP_TEST_DIR"] = str(data_dir)
-        log = Path(scratch) / "server.log"
-        with open(log, "wb") as output:
-            process = subprocess.Popen(args, cwd=cwd or TESTS, env=environ, stdout=output,
-                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                       preexec_fn=_obey_file_modes if file_permissions else None)
-        server = Server(port, process, log, client_context)
-        try:
-            _wait_until_answering(server)
+        with _started(args, port, scratch, engine, data_dir, cwd, file_permissions,
+                      client_context) as server:
             yield server
-        finally:
-            _stop(process)
+
+
+_PROGRAMMATIC_HYPERCORN = """
+import asyncio, sys, fastwrap.hypercorn
+from hypercorn.config import Config
+from _asgi_apps import app
+config = Config()
+config.bind = ["127.0.0.1:" + sys.argv[1]]
+config.loglevel, config.errorlog = "DEBUG", "-"
+if sys.argv[2] == "uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+asyncio.run(fastwrap.hypercorn.serve(app, config))
+"""
+
+
+@contextlib.contextmanager
+def serve_hypercorn(worker: str = "asyncio", engine: str = "c", stock: bool = False,
+                    data_dir: Optional[Path] = None, tls: Optional[Any] = None,
+                    cwd: Optional[Path] = None, file_permissions: bool = False,
+                    workers: int = 1, env: Optional[Dict[str, str]] = None,
+                    programmatic: bool = False,
+                    app_ref: str = "_asgi_apps:app") -> Iterator[Server]:
+    """Run ``python -m fastwrap.hypercorn`` (stock: ``python -m hypercorn``); yield a :class:`Server`.
+
+    *worker* is hypercorn's ``--worker-class``; with *workers* >= 1 (hypercorn's
+    default, 1) the requests are served by a worker process hypercorn spawns,
+    whose pid ``server.worker_pid`` holds.  *env* adds to the server's environment.
+    *programmatic*: ``asyncio.run(fastwrap.hypercorn.serve(app, config))`` on
+    *worker*'s loop instead.
+    """
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="fastwrap-hypercorn-") as scratch:
+        tls_args, client_context = _certificate(tls, scratch)
+        args = [sys.executable, "-m", "hypercorn" if stock else "fastwrap.hypercorn", app_ref,
+                "--bind", f"127.0.0.1:{port}", "--worker-class", worker,
+                "--workers", str(workers), "--log-level", "debug", "--error-logfile", "-"]
+        if programmatic:
+            args = [sys.executable, "-c", _PROGRAMMATIC_HYPERCORN, str(port), worker]
+        if tls_args:
+            args += ["--certfile", tls_args[0], "--keyfile", tls_args[1]]
+        with _started(args, port, scratch, engine, data_dir, cwd, file_permissions,
+                      client_context, env) as server:
+            server.worker_pid = int(server.stats()["pid"])
+            yield server
+
+
+def _certificate(tls: Optional[Any], scratch: str) -> Tuple[List[str], Optional[ssl.SSLContext]]:
+    """For a trustme CA: the server's certificate and key files, and the client's context."""
+    if tls is None:
+        return [], None
+    cert = tls.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = os.path.join(scratch, "cert.pem"), os.path.join(scratch, "key.pem")
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(certfile, append=True)
+    cert.private_key_pem.write_to_path(keyfile)
+    client_context = ssl.create_default_context()
+    tls.configure_trust(client_context)
+    return [certfile, keyfile], client_context
+
+
+@contextlib.contextmanager
+def _started(args: List[str], port: int, scratch: str, engine: str, data_dir: Optional[Path],
+             cwd: Optional[Path], file_permissions: bool, client_context: Optional[ssl.SSLContext],
+             env: Optional[Dict[str, str]] = None) -> Iterator[Server]:
+    """Start *args* in a session of its own; yield it once it answers; stop it by its pid."""
+    environ = {k: v for k, v in os.environ.items() if k != "FASTWRAP_DISABLE"}
+    environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(TESTS), str(SRC), os.environ.get("PYTHONPATH")) if p)
+    environ.update(engine_env(engine))
+    if data_dir is not None:
+        environ["FASTWRAP_TEST_DIR"] = str(data_dir)
+    environ.update(env or {})
+    log = Path(scratch) / "server.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(args, cwd=cwd or TESTS, env=environ, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_obey_file_modes if file_permissions else None)
+    server = Server(port, process, log, client_context)
+    try:
+        _wait_until_answering(server)
+        yield server
+    finally:
+        _stop(process)
 
 
 #: capabilities(7): what lets root read and search whatever the file modes say.
@@ -312,14 +379,14 @@ def _wait_until_answering(server: Server) -> None:
     while True:
         assert server.process is not None
         if server.process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {server.process.returncode}:\n"
+            raise RuntimeError(f"the server exited with {server.process.returncode}:\n"
                                + server.log_text()[-4000:])
         try:
             server.stats()
             return
         except (OSError, AssertionError, ValueError):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not answer within {START_TIMEOUT} s:\n"
+                raise RuntimeError(f"the server did not answer within {START_TIMEOUT} s:\n"
                                    + server.log_text()[-4000:]) from None
             time.sleep(0.1)
 

@@ -194,6 +194,37 @@ def test_buffer_and_bytesio_sources(run, kind, count):
     assert received == HEADERS + body and sent == len(body)
 
 
+@pytest.mark.parametrize("disable", [(), ("sendfile",)], ids=["sendfile", "without-sendfile"])
+def test_on_done_names_the_path_and_the_bytes_sent(run, data_file, disable):
+    # For a server's log line: the path the stats counted the body under.
+    for path in disable:
+        fastwrap.disable(path)
+    done: List[Tuple[str, int]] = []
+
+    async def main() -> int:
+        with listener() as lst:
+            client = Client(lst.getsockname())
+            client.start()
+            conn, _ = await asyncio.get_running_loop().sock_accept(lst)
+            with conn, data_file() as f:
+                conn.setblocking(False)
+                sent = await fastwrap.asyncio.sendfile(
+                    conn, f, 1_000_000, HEADERS, on_done=lambda *a: done.append(a))
+            assert client.result() == HEADERS + DATA[:1_000_000]
+            return sent
+
+    try:
+        before = fastwrap.stats()
+        assert run(main()) == 1_000_000
+        after = fastwrap.stats()
+    finally:
+        fastwrap.enable(*disable)
+    (path, sent), = done
+    assert sent == 1_000_000
+    assert path != "sendfile" if disable else path == "sendfile"
+    assert after[path]["bytes"] - before[path]["bytes"] == 1_000_000
+
+
 def test_count_beyond_the_source_sends_what_there_is(run):
     sent, received, _ = exchange(run, lambda: io.BytesIO(DATA[:5000]), 10_000, b"h:")
     assert (sent, received) == (5000, b"h:" + DATA[:5000])

@@ -68,6 +68,25 @@ def test_fastwrap_uvicorn_without_uvicorn_says_what_to_install():
                      "pip install 'fastwrap[uvicorn]'"]
 
 
+@pytest.mark.parametrize("program", ["import fastwrap.hypercorn",
+                                     "import runpy; runpy.run_module('fastwrap.hypercorn', "
+                                     "run_name='__main__')"])
+def test_fastwrap_hypercorn_without_hypercorn_says_what_to_install(program):
+    # The import, and the README's command line (python -m fastwrap.hypercorn).
+    lines = run_without("hypercorn", program)
+    assert lines == ["fastwrap.hypercorn needs hypercorn, which is not installed: "
+                     "pip install 'fastwrap[hypercorn]'"]
+
+
+def test_hypercorn_extra_brings_what_the_readme_commands_need():
+    with open(PYPROJECT, "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    hypercorn = {req.name: req for req in map(Requirement, extras["hypercorn"])}
+    assert set(hypercorn) == {"hypercorn"}
+    # The oldest hypercorn fastwrap.hypercorn was tested with.
+    assert hypercorn["hypercorn"].specifier.contains("0.17.3")
+
+
 @pytest.mark.parametrize("module", ["gunicorn", "gevent", "waitress"])
 def test_wsgi_integrations_without_their_server_say_what_to_install(module):
     lines = run_without(module, f"import fastwrap.{module}")

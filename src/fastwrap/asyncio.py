@@ -80,7 +80,8 @@ _T = TypeVar("_T")
 
 async def sendfile(dest: Any, source: Any, count: Optional[int] = None,
                    headers: bytes = b"", *,
-                   loop: Optional[asyncio.AbstractEventLoop] = None) -> int:
+                   loop: Optional[asyncio.AbstractEventLoop] = None,
+                   on_done: Optional[Callable[[str, int], None]] = None) -> int:
     """Send *headers*, then *source* from its position (at most *count* bytes), on *dest*.
 
     *dest* is an ``asyncio.StreamWriter``, a transport over a TCP or Unix
@@ -93,6 +94,10 @@ async def sendfile(dest: Any, source: Any, count: Optional[int] = None,
     in progress finished, the transmission closed and the transport's
     reading resumed before the exception (``CancelledError``,
     ``ConnectionError``...) propagates.
+
+    *on_done*, if given, is called once the transmission has ended (also
+    when it failed), with the path that carried the body (``"sendfile"``,
+    ``"splice"``...) and the body bytes sent: for a server's log line.
     """
     if loop is None:
         loop = asyncio.get_running_loop()
@@ -102,10 +107,10 @@ async def sendfile(dest: Any, source: Any, count: Optional[int] = None,
         if gettimeout is not None and gettimeout() != 0:
             raise ValueError("dest must be a non-blocking socket (sock.setblocking(False)): "
                              "a blocking send would stall the event loop")
-        return await _send(loop, dest, source, count, headers, None)
+        return await _send(loop, dest, source, count, headers, None, on_done)
     sock = _socket_under(transport)
     try:
-        return await _send(loop, sock, source, count, headers, transport)
+        return await _send(loop, sock, source, count, headers, transport, on_done)
     finally:
         sock.close()
 
@@ -224,7 +229,8 @@ def _nothing() -> None:
 # -- driving a transmission ------------------------------------------------------------------
 
 async def _send(loop: asyncio.AbstractEventLoop, sock: Any, source: Any, count: Optional[int],
-                headers: bytes, transport: Any) -> int:
+                headers: bytes, transport: Any,
+                on_done: Optional[Callable[[str, int], None]]) -> int:
     tx = _Transmission(source, sock, count, headers, nowait=True)
     fd = sock if isinstance(sock, int) else sock.fileno()
     paused = False
@@ -265,6 +271,8 @@ async def _send(loop: asyncio.AbstractEventLoop, sock: Any, source: Any, count: 
         sent: int = tx.sent
         return sent
     finally:
+        if on_done is not None:
+            on_done(tx.path, tx.sent)
         tx.close()
         if paused and not transport.is_closing():
             transport.resume_reading()

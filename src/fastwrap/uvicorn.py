@@ -81,18 +81,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import io
 import logging
-import os
 import socket
-import stat
-import types
 import warnings
-from typing import Any, Callable, Coroutine, Dict, List, Optional, Set, Tuple, cast
+from typing import Any, Callable, Coroutine, Dict, Optional, Set, Tuple
 
 import fastwrap
 import fastwrap.asyncio
-from fastwrap import serving
+from fastwrap import asgi
 from fastwrap._optional import missing, reraise
 
 #: What installs this module's dependencies.
@@ -112,13 +108,10 @@ import h11
 
 __all__ = ["H11Protocol", "HttpToolsProtocol", "UvicornWorker"]
 
-PATHSEND = "http.response.pathsend"
-ZEROCOPYSEND = "http.response.zerocopysend"
-_FILE_MESSAGES = (PATHSEND, ZEROCOPYSEND)
-
-#: The piece a file is read in where it cannot leave zero-copy (TLS, or a
-#: pipe of unknown length in a chunked response).
-COPY_CHUNK = 256 * 1024
+PATHSEND = asgi.PATHSEND
+ZEROCOPYSEND = asgi.ZEROCOPYSEND
+#: The piece a file is read in where it cannot leave zero-copy.
+COPY_CHUNK = asgi.COPY_CHUNK
 
 # How a cycle sends file messages.
 _ZERO_COPY = "zero-copy"
@@ -242,108 +235,6 @@ class _HeadHolder(asyncio.Transport):
         self.real.set_write_buffer_limits(high, low)
 
 
-# -- what a file message names ------------------------------------------------------------
-
-class _Source:
-    """The file of one message: where it starts, how much it holds, how to let go."""
-
-    def __init__(self, message: Dict[str, Any]) -> None:
-        self._restore: Optional[int] = None
-        self._owned = False
-        if message["type"] == PATHSEND:
-            self.file, size = _open_path(message.get("path"))
-            self._owned = True
-            self.available: Optional[int] = size
-            self.count: Optional[int] = None
-            self.final = True
-            return
-        self.file = self._open_zerocopy(message)
-        self.count = _optional_int(message, "count")
-        self.final = not message.get("more_body", False)
-        offset = _optional_int(message, "offset")
-        if offset is not None:
-            # sendfile(2) with an offset pointer leaves the file position alone.
-            self._restore = self.file.tell()
-            self.file.seek(offset)
-        try:
-            self.available = self._available()
-        except BaseException:
-            self.close()
-            raise
-
-    @staticmethod
-    def _open_zerocopy(message: Dict[str, Any]) -> Any:
-        file = message.get("file")
-        if isinstance(file, int) and not isinstance(file, bool):
-            # A bare descriptor: read it where it stands, and never close it
-            # (Zero Copy Send: closing it is the application's business).
-            return open(file, "rb", buffering=0, closefd=False)
-        if file is None or not hasattr(file, "fileno"):
-            raise RuntimeError(f"{ZEROCOPYSEND} needs 'file', an open file or a descriptor, "
-                               f"got {file!r}")
-        if isinstance(file, io.TextIOBase):
-            raise RuntimeError(f"{ZEROCOPYSEND} needs a file opened in binary mode")
-        return file
-
-    def _available(self) -> Optional[int]:
-        """Bytes the file holds from where the send starts; None if that cannot be known."""
-        st = os.fstat(self.file.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return max(0, st.st_size - int(self.file.tell()))
-
-    def wanted(self) -> Optional[int]:
-        """Bytes this message asks for: its count, capped by what the file holds."""
-        if self.count is None:
-            return self.available
-        if self.available is None:
-            return self.count
-        return min(self.count, self.available)
-
-    def close(self) -> None:
-        if self._owned:
-            self.file.close()
-        elif self._restore is not None:
-            self.file.seek(self._restore)
-
-
-def _optional_int(message: Dict[str, Any], key: str) -> Optional[int]:
-    value = message.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RuntimeError(f"{ZEROCOPYSEND} '{key}' must be an int >= 0, got {value!r}")
-    return int(value)
-
-
-def _open_path(path: Any) -> Tuple[Any, int]:
-    """The regular file a pathsend names, open for reading, and its size.
-
-    A relative path is resolved in the working directory, as the application
-    (Starlette's ``FileResponse("big.iso")``) resolved it.  Opening a FIFO
-    for reading waits for a writer and opening a device may act on it, so
-    only what stat() says is a regular file is opened, without waiting, and
-    what was opened is checked again.
-    """
-    if not isinstance(path, str):
-        raise RuntimeError(f"{PATHSEND} needs the file's path as a str, got {path!r}")
-    _require_regular(os.stat(path), path)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        _require_regular(st, path)
-        os.set_blocking(fd, True)  # meaningless for a regular file today, but not promised
-        return open(fd, "rb", buffering=0), st.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _require_regular(st: os.stat_result, path: str) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise RuntimeError(f"{PATHSEND}: {path!r} is not a regular file")
-
-
 # -- the cycle -----------------------------------------------------------------------------
 
 class _FileCycle:
@@ -395,7 +286,7 @@ class _FileCycle:
         kind = message["type"]
         if self._fw_path is None:
             await self._uvicorn_send(message)
-        elif kind in _FILE_MESSAGES and self.response_started and not self.response_complete:
+        elif kind in asgi.FILE_MESSAGES and self.response_started and not self.response_complete:
             # uvicorn waits for the transport to drain before every message.
             if self.flow.write_paused and not self.disconnected:
                 await self.flow.drain()
@@ -431,16 +322,8 @@ class _FileCycle:
         """Body bytes the response may still carry; None when not limited (chunked)."""
         start = self._fw_start
         assert start is not None
-        if not serving.body_allowed(self.scope["method"], start["status"]):
-            return 0
-        for name, value in start.get("headers", ()):
-            name = name.lower()
-            if name == b"content-length":  # the first one, as uvicorn takes it
-                declared = serving.parse_content_length(value.decode("latin-1"))
-                return None if declared is None else max(0, declared - self._fw_body_sent)
-            if name == b"transfer-encoding":
-                return None
-        return None
+        return asgi.allowance(self.scope["method"], start["status"], start.get("headers", ()),
+                              self._fw_body_sent)
 
     def _frame(self, n: int) -> Tuple[bytes, bytes]:
         """The bytes uvicorn's framing puts before and after *n* body bytes."""
@@ -450,7 +333,7 @@ class _FileCycle:
 
     async def _send_file(self, message: Dict[str, Any]) -> None:
         try:
-            source = _Source(message)
+            source = asgi.FileSource(message)
         except Exception:
             await self._fail()  # the application named nothing that can be sent
             raise
@@ -459,20 +342,14 @@ class _FileCycle:
         finally:
             source.close()
 
-    async def _send_source(self, source: _Source) -> None:
-        allowance = self._allowance()
-        wanted = source.wanted()
-        if allowance is None:
-            n, exact = wanted, wanted is not None
-        elif wanted is None:
-            n, exact = allowance, False  # until the file ends or the allowance is used up
-        else:
-            n, exact = min(wanted, allowance), True
-        if source.final and allowance is not None and n is not None and n < allowance:
+    async def _send_source(self, source: asgi.FileSource) -> None:
+        portion = asgi.Portion(source, self._allowance())
+        n = portion.n
+        if portion.unfillable:
             # Known before the first byte of it leaves: the file shrank since
             # the application took its length, and the response cannot be completed.
             self.logger.warning("fastwrap: the file holds %d bytes of the %d the response "
-                                "still announces; %s", n, allowance,
+                                "still announces; %s", n, portion.allowance,
                                 "answering 500" if self._head_held() else "closing the connection")
             await self._fail()
             return
@@ -485,11 +362,9 @@ class _FileCycle:
         if self.disconnected:
             return
         self._fw_body_sent += sent
-        if exact and n is not None and sent < n:
-            self._end_short(sent, n)  # the file shrank while it was being sent
-            return
-        if source.final and allowance is not None and sent < allowance:
-            self._end_short(sent, allowance)  # less than the Content-Length declared
+        expected = portion.short(sent)
+        if expected is not None:
+            self._end_short(sent, expected)  # the file shrank, or held less than declared
             return
         if source.final:
             # uvicorn's own ending: the last chunk, keep-alive or close, the next request.
@@ -520,7 +395,7 @@ class _FileCycle:
         """Put uvicorn's cycle back to before ``http.response.start``."""
         raise NotImplementedError
 
-    async def _copy(self, source: _Source, n: Optional[int]) -> int:
+    async def _copy(self, source: asgi.FileSource, n: Optional[int]) -> int:
         """Read the file and send it as http.response.body messages through uvicorn."""
         sent = 0
         while n is None or sent < n:
@@ -536,7 +411,7 @@ class _FileCycle:
             sent += len(chunk)
         return sent
 
-    async def _zero_copy(self, source: _Source, n: int) -> int:
+    async def _zero_copy(self, source: asgi.FileSource, n: int) -> int:
         """Send *n* file bytes with uvicorn's framing, straight onto the socket."""
         holder = self.transport
         assert isinstance(holder, _HeadHolder)
@@ -576,16 +451,6 @@ class _FileCycle:
         self.on_response()
 
 
-class _Length:
-    """Stands for *n* body bytes in h11's framing (h11's documented sendfile support)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
 class H11Cycle(_FileCycle, h11_impl.RequestResponseCycle):
     """uvicorn's h11 RequestResponseCycle, plus the ASGI file messages."""
 
@@ -603,12 +468,7 @@ class H11Cycle(_FileCycle, h11_impl.RequestResponseCycle):
         self.response_started = False
 
     def _frame(self, n: int) -> Tuple[bytes, bytes]:
-        # h11 counts the bytes against Content-Length and gives the chunk framing.
-        marker = _Length(n)
-        event = h11.Data(data=cast(bytes, marker))  # any object with a length, says h11
-        pieces: List[Any] = self.conn.send_with_data_passthrough(event) or []
-        at = next(i for i, piece in enumerate(pieces) if piece is marker)
-        return b"".join(pieces[:at]), b"".join(pieces[at + 1:])
+        return asgi.h11_frame(self.conn, n)
 
 
 def _hook_cycle(function: Callable[..., None], cycle: type) -> Callable[..., None]:
@@ -616,20 +476,9 @@ def _hook_cycle(function: Callable[..., None], cycle: type) -> Callable[..., Non
 
     The protocols build their cycle inline, by the module-global name
     ``RequestResponseCycle``, in the method that parses a request head
-    (``on_headers_complete`` for httptools, ``handle_events`` for h11).  A
-    copy of that method whose globals bind the name to fastwrap's subclass
-    changes exactly that, and keeps every other line uvicorn's.
+    (``on_headers_complete`` for httptools, ``handle_events`` for h11).
     """
-    if "RequestResponseCycle" not in function.__code__.co_names:
-        raise ImportError(f"fastwrap.uvicorn does not know this uvicorn: {function.__qualname__} "
-                          "no longer creates the RequestResponseCycle")
-    namespace = dict(function.__globals__, RequestResponseCycle=cycle)
-    hooked = types.FunctionType(function.__code__, namespace, function.__name__,
-                                function.__defaults__, function.__closure__)
-    hooked.__kwdefaults__ = function.__kwdefaults__
-    hooked.__qualname__ = function.__qualname__
-    hooked.__doc__ = function.__doc__
-    return hooked
+    return asgi.rebind(function, "RequestResponseCycle", cycle, "fastwrap.uvicorn")
 
 
 class H11Protocol(h11_impl.H11Protocol):
