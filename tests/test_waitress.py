@@ -158,7 +158,8 @@ FILE_TARGETS = [
 ]
 
 
-@pytest.mark.parametrize("target, expected", FILE_TARGETS)
+@pytest.mark.parametrize("target, expected", FILE_TARGETS,
+                         ids=[target for target, _ in FILE_TARGETS])
 def test_file_response_is_byte_exact_against_stock_and_takes_sendfile(server, stock, target,
                                                                       expected):
     before = stats(server)
