@@ -54,26 +54,20 @@ piece without holding the loop on the disk or on an empty pipe.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import os
 import socket
 import stat
-import threading
 import weakref
 from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import fastwrap
-from fastwrap.serving import BACKOFF, RESIDENT_WINDOW
+from fastwrap.serving import BACKOFF, RESIDENT_WINDOW, fetch_pool
 
 __all__ = ["read", "sendfile"]
 
 # Looked up at call time, so a test can point the helper at either engine.
 _Transmission = fastwrap.Transmission
-
-# Worker threads reading cold files in, shared by every loop of the process:
-# a few are enough, as each mostly waits for the disk.
-_FETCH_THREADS = 4
 
 _T = TypeVar("_T")
 
@@ -314,29 +308,7 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writing: bool) -> 
 
 # -- the worker threads ----------------------------------------------------------------------
 
-_workers: Optional[concurrent.futures.ThreadPoolExecutor] = None
-_workers_lock = threading.Lock()
-
-
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _workers
-    with _workers_lock:
-        if _workers is None:
-            _workers = concurrent.futures.ThreadPoolExecutor(
-                _FETCH_THREADS, thread_name_prefix="fastwrap-fetch")
-        return _workers
-
-
-def _forget_pool() -> None:
-    # A forked child has none of its parent's threads: a pool inherited
-    # from before the fork would queue work that no thread ever runs.
-    global _workers, _workers_lock
-    _workers = None
-    _workers_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+# Cold windows are read by fastwrap.serving.fetch_pool(), shared with every server.
 
 
 async def _off_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., _T],
@@ -347,7 +319,7 @@ async def _off_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., _T]
     transmission, the file) must stay open until it returns; the
     cancellation propagates then.
     """
-    call = asyncio.wrap_future(_pool().submit(function, *args), loop=loop)
+    call = asyncio.wrap_future(fetch_pool().submit(function, *args), loop=loop)
     cancelled: Optional[BaseException] = None
     while not call.done():
         try:

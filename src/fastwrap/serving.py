@@ -25,10 +25,12 @@ gevent, waitress, asyncio) all ask this module, so each rule is written once:
 from __future__ import annotations
 
 import functools
+import concurrent.futures
 import io
 import mmap
 import os
 import stat
+import threading
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from . import _plan
@@ -67,6 +69,40 @@ WRAPPED: str = "wsgi_file_wrapped"
 #: How many wrappers deep :meth:`FileResponse.of` looks for a file (a guard
 #: against a chain that loops back on itself).
 MAX_LAYERS: int = 32
+
+
+#: Threads of :func:`fetch_pool`: a few are enough, as each mostly waits for the disk.
+FETCH_THREADS = 4
+
+_fetchers: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_fetchers_lock = threading.Lock()
+
+
+def fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's threads for ``Transmission.fetch()``, started at first use.
+
+    An event-loop server hands them the windows a transmission waits for
+    (``Wait.event == "disk"``), so that its loop never waits for the disk, as
+    nginx's ``aio threads`` does; every server of the process shares them.
+    """
+    global _fetchers
+    with _fetchers_lock:
+        if _fetchers is None:
+            _fetchers = concurrent.futures.ThreadPoolExecutor(
+                FETCH_THREADS, thread_name_prefix="fastwrap-fetch")
+        return _fetchers
+
+
+def _forget_fetchers() -> None:
+    # A forked child has none of its parent's threads: a pool inherited
+    # from before the fork would queue work that no thread ever runs.
+    global _fetchers, _fetchers_lock
+    _fetchers = None
+    _fetchers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_fetchers)
 
 
 def stall_message(timeout: Optional[float], on_dest: bool) -> str:

@@ -52,7 +52,6 @@ called are left to waitress, which iterates them.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import logging
 import select
@@ -79,9 +78,6 @@ from . import serving
 
 __all__ = ["Channel", "create_server", "main", "serve"]
 
-#: Threads that read cold file windows into the page cache, off the loop.
-FETCH_THREADS = 4
-
 # What wasyncore's send() takes for a client that is gone: the channel closes
 # quietly, with no "Socket error" traceback.
 _DISCONNECTED = frozenset({errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN,
@@ -89,19 +85,6 @@ _DISCONNECTED = frozenset({errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN,
 
 _log = logging.getLogger("waitress")
 _running = threading.local()  # .task: the WSGITask this task thread is executing
-_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
-_pool_lock = threading.Lock()
-
-
-def _fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                FETCH_THREADS, thread_name_prefix="fastwrap-fetch")
-        return _pool
-
-
 class _Task(WSGITask):
     """waitress's WSGITask, telling the application wrapper which task it serves.
 
@@ -390,7 +373,7 @@ class Channel(HTTPChannel):
         wait = tx.waiting
         if wait is not None and wait.event != "write" and body.leave_loop():
             try:
-                _fetch_pool().submit(self._off_loop, body, tx, wait,
+                serving.fetch_pool().submit(self._off_loop, body, tx, wait,
                                      float(self.adj.channel_timeout))
             except RuntimeError:  # the pool is shut down: the interpreter is exiting
                 body.back_on_loop()
