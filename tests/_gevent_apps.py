@@ -32,7 +32,7 @@ import gevent
 from gevent import monkey
 
 import fastwrap
-from _serve_gevent import HANG
+from _children import HANG
 
 ROOT = os.environ.get("FASTWRAP_TEST_ROOT", "")
 

@@ -18,18 +18,14 @@ terminated.  FORM is how the server gets fastwrap's handler: ``handler_class``
 from __future__ import annotations
 
 import contextlib
-import http.client
-import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
-HERE = Path(__file__).resolve().parent
-HANG = 60.0  # a guard against hanging the run, never an assertion on time
+from _children import HANG, child_env, stop, wait_until_answering
 
 
 class ServerURL(str):
@@ -44,12 +40,6 @@ class ServerURL(str):
 
     def access_lines(self) -> list:
         return self.access_log.read_text().splitlines()
-
-
-def _src_dir() -> str:
-    import importlib.util
-    spec = importlib.util.find_spec("fastwrap")
-    return str(Path(spec.origin).resolve().parents[1])
 
 
 @contextlib.contextmanager
@@ -67,17 +57,11 @@ def serve_gevent(app_ref: str, env: Optional[Dict[str, str]] = None,
     logdir = Path(tempfile.mkdtemp(prefix="fastwrap-gevent-"))
     access_log = logdir / "access.log"
     error_log = logdir / "error.log"
-    child_env = {k: v for k, v in os.environ.items()
-                 if k not in ("FASTWRAP_NO_EXTENSIONS", "FASTWRAP_DISABLE")}
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        [_src_dir(), str(HERE)]
-        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    child_env.update(env or {})
     with open(error_log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), app_ref, str(access_log),
              form, *(tls or ())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=child_env)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=child_env(env))
     try:
         line = proc.stdout.readline()  # the child prints its port once bound
         if not line:
@@ -87,39 +71,15 @@ def serve_gevent(app_ref: str, env: Optional[Dict[str, str]] = None,
         url.access_log = access_log
         url.error_log = error_log
         if not tls:
-            _wait_until_answering(url, proc)
+            wait_until_answering(url.port, proc, error_log.read_text)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(HANG)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(HANG)
-        proc.stdout.close()
+        stop(proc)
         for path in (access_log, error_log):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         with contextlib.suppress(OSError):
             logdir.rmdir()
-
-
-def _wait_until_answering(url: ServerURL, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + HANG
-    while True:
-        conn = http.client.HTTPConnection("127.0.0.1", url.port, timeout=HANG)
-        try:
-            conn.request("GET", "/__stats__")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"gevent server is not answering:\n{url.error_log.read_text()}")
-        time.sleep(0.05)
 
 
 def _child(app_ref: str, access_log: str, form: str, *tls: str) -> None:

@@ -13,19 +13,15 @@ adjustments; it prints its port on stdout and serves until terminated.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
-import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
-HERE = Path(__file__).resolve().parent
-HANG = 60.0  # a guard against hanging the run, never an assertion on time
+from _children import child_env, stop, wait_until_answering
 
 
 class ServerURL(str):
@@ -42,29 +38,17 @@ class ServerURL(str):
         return self.error_log.read_text()
 
 
-def _src_dir() -> str:
-    import importlib.util
-    spec = importlib.util.find_spec("fastwrap")
-    return str(Path(spec.origin).resolve().parents[1])
-
-
 @contextlib.contextmanager
 def serve_waitress(app_ref: str, kind: str, env: Optional[Dict[str, str]] = None,
                    **adjustments: object) -> Iterator[ServerURL]:
     """Serve *app_ref* (``"module:attribute"`` importable from tests/) with waitress."""
     logdir = Path(tempfile.mkdtemp(prefix="fastwrap-waitress-"))
     error_log = logdir / "error.log"
-    child_env = {k: v for k, v in os.environ.items()
-                 if k not in ("FASTWRAP_NO_EXTENSIONS", "FASTWRAP_DISABLE")}
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        [_src_dir(), str(HERE)]
-        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    child_env.update(env or {})
     args = [f"{k}={v}" for k, v in adjustments.items()]
     with open(error_log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), app_ref, kind, *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=child_env)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=child_env(env))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()
@@ -73,29 +57,10 @@ def serve_waitress(app_ref: str, kind: str, env: Optional[Dict[str, str]] = None
         url = ServerURL(f"http://127.0.0.1:{line}")
         url.pid = proc.pid
         url.error_log = error_log
-        deadline = time.monotonic() + HANG
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", url.port, timeout=5)
-                conn.request("GET", "/__stats__")
-                conn.getresponse().read()
-                conn.close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
+        wait_until_answering(url.port, proc, error_log.read_text)
         yield url
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(HANG)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc)
 
 
 def _child(app_ref: str, kind: str, settings: list) -> None:

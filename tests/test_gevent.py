@@ -25,7 +25,8 @@ import pytest
 
 pytest.importorskip("gevent", reason="gevent is in the project's test extra")
 
-from _serve_gevent import HANG, ServerURL, serve_gevent  # noqa: E402
+from _children import HANG  # noqa: E402
+from _serve_gevent import ServerURL, serve_gevent  # noqa: E402
 from _support import needs_linux, random_bytes  # noqa: E402
 from conftest import import_compiled_engine  # noqa: E402
 from test_waiting import evict, resident_pages  # noqa: E402

@@ -26,7 +26,8 @@ pytest.importorskip("waitress", reason="waitress is in the project's test extra"
 
 import json  # noqa: E402
 
-from _serve_waitress import HANG, ServerURL, serve_waitress  # noqa: E402
+from _children import HANG  # noqa: E402
+from _serve_waitress import ServerURL, serve_waitress  # noqa: E402
 from _support import needs_linux, random_bytes  # noqa: E402
 from conftest import import_compiled_engine  # noqa: E402
 from test_waiting import evict, resident_pages  # noqa: E402
