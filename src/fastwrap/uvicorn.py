@@ -88,6 +88,7 @@ from typing import Any, Callable, Coroutine, Dict, Optional, Set, Tuple
 
 import fastwrap
 import fastwrap.asyncio
+import fastwrap.starlette
 from fastwrap import asgi
 from fastwrap._optional import missing, reraise
 
@@ -107,6 +108,9 @@ except ImportError:  # httptools is optional in uvicorn
 import h11
 
 __all__ = ["H11Protocol", "HttpToolsProtocol", "UvicornWorker"]
+
+#: Why Starlette's Range answers stay Starlette's own, or None: they go zero-copy.
+_STARLETTE = fastwrap.starlette.install()
 
 PATHSEND = asgi.PATHSEND
 ZEROCOPYSEND = asgi.ZEROCOPYSEND
@@ -145,6 +149,8 @@ def _announce(logger: logging.Logger, path: str, message: str) -> None:
     if path not in _announced:
         _announced.add(path)
         logger.debug("fastwrap: " + message, PATHSEND, ZEROCOPYSEND)
+        logger.debug("fastwrap: Starlette's Range answers: %s",
+                     _STARLETTE or "by pathsend with offset and count")
 
 
 # -- the transport the cycle writes to ----------------------------------------------------
@@ -272,11 +278,7 @@ class _FileCycle:
         self._fw_path = _choose_path(self.transport, self.scope, self.logger)
         if self._fw_path is None:
             return
-        extensions = self.scope.get("extensions")
-        if extensions is None:
-            extensions = self.scope["extensions"] = {}
-        extensions[PATHSEND] = {}
-        extensions[ZEROCOPYSEND] = {}
+        asgi.advertise(self.scope)
         self.transport = _HeadHolder(self.transport)
 
     async def _uvicorn_send(self, message: Any) -> None:
@@ -291,7 +293,7 @@ class _FileCycle:
             if self.flow.write_paused and not self.disconnected:
                 await self.flow.drain()
             if not self.disconnected:
-                await self._send_file(message)
+                await asgi.send_file(message, self._send_source, self._fail)
         elif kind == "http.response.start" and not self.response_started:
             await self._start(message)
         else:
@@ -331,25 +333,13 @@ class _FileCycle:
 
     # -- sending -----------------------------------------------------------------------
 
-    async def _send_file(self, message: Dict[str, Any]) -> None:
-        try:
-            source = asgi.FileSource(message)
-        except Exception:
-            await self._fail()  # the application named nothing that can be sent
-            raise
-        try:
-            await self._send_source(source)
-        finally:
-            source.close()
-
     async def _send_source(self, source: asgi.FileSource) -> None:
         portion = asgi.Portion(source, self._allowance())
         n = portion.n
         if portion.unfillable:
             # Known before the first byte of it leaves: the file shrank since
             # the application took its length, and the response cannot be completed.
-            self.logger.warning("fastwrap: the file holds %d bytes of the %d the response "
-                                "still announces; %s", n, portion.allowance,
+            self.logger.warning("fastwrap: %s; %s", portion.unfillable_reason(),
                                 "answering 500" if self._head_held() else "closing the connection")
             await self._fail()
             return
