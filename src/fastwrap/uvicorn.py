@@ -450,9 +450,14 @@ class H11Cycle(_FileCycle, h11_impl.RequestResponseCycle):
     def _rewind(self) -> None:
         # h11 takes no response back: a connection of its own, that has read
         # a request with the same method and version, renders the next one.
+        # The request's Connection headers too: h11 renders a client's "close"
+        # into the response otherwise than its own.
+        connection = b"".join(b"Connection: %s\r\n" % value
+                              for name, value in self.scope["headers"]
+                              if name.lower() == b"connection")
         conn = h11.Connection(h11.SERVER)
-        conn.receive_data(b"%s / HTTP/1.1\r\nHost: fastwrap\r\n\r\n"
-                          % self.scope["method"].encode("ascii"))
+        conn.receive_data(b"%s / HTTP/1.1\r\nHost: fastwrap\r\n%s\r\n"
+                          % (self.scope["method"].encode("ascii"), connection))
         conn.next_event()
         self.conn = conn
         self.response_started = False
