@@ -96,9 +96,9 @@ def _take_over() -> str:
         return "Starlette is not installed"
     cls: Any = responses.FileResponse
     names = ("_handle_single_range", "_handle_multiple_ranges", "generate_multipart")
-    functions = [getattr(cls, name, None) for name in names]
-    if any(function is None for function in functions):
+    if not all(hasattr(cls, name) for name in names):
         return "this Starlette's FileResponse has no range handlers"
+    functions: List[Callable[..., Any]] = [getattr(cls, name) for name in names]
     try:
         found = tuple(fingerprint(function) for function in functions)
     except (OSError, TypeError):
