@@ -34,7 +34,7 @@ pytest.importorskip("starlette", reason="starlette is in the project's test extr
 pytest.importorskip("fastapi", reason="fastapi is in the project's test extra")
 
 from _asgi_checks import (  # noqa: E402
-    BAD_PATHSEND, DATA, EXTENSIONS, RANGE_TARGETS, RANGES, RELATIVE, SAMPLE_FILE_BODIES,
+    BAD_PATHSEND, DATA, EXTENSIONS, RANGES, RANGE_TARGETS, RELATIVE, SAMPLE_FILE_BODIES,
     SAMPLE_REQUESTS, SMALL, UNUSABLE, UNUSABLE_AFTER_HEAD, ZERO_COPY, assert_same_answers,
     check_a_cold_file_is_read_in_off_the_loop, check_a_slow_client_holds_only_its_own_request,
     check_an_empty_pipe_is_waited_for, check_bad_pathsend_fields,
@@ -44,8 +44,9 @@ from _asgi_checks import (  # noqa: E402
     check_range_answers_without_a_body_are_stock, check_range_beyond_a_file_that_shrank_before,
     check_range_of_a_file_shrinking_mid_body, check_relative_path,
     check_unusable_after_the_head_left, check_unusable_before_the_first_byte,
-    check_zerocopysend_mixed_with_body_messages, check_zerocopysend_offset_count_and_descriptors,
-    has_module, make_data_dir, moved, sample_answers, tls_ca)
+    check_zerocopysend_mixed_with_body_messages,
+    check_zerocopysend_offset_count_and_descriptors, has_module, make_data_dir, moved,
+    needs_takeover, sample_answers, tls_ca)
 from _asgi_servers import Server, serve_hypercorn  # noqa: E402
 
 
@@ -345,12 +346,14 @@ def test_if_range_head_unsatisfiable_and_empty_ranges_are_stock_hypercorns(serve
     check_range_answers_without_a_body_are_stock(server, stock)
 
 
+@needs_takeover
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 @pytest.mark.parametrize("range_", ["bytes=1000-", "bytes=0-99,1000-"])
 def test_range_of_a_file_shrinking_mid_body_closes_the_connection(server, data_dir, range_):
     check_range_of_a_file_shrinking_mid_body(server, data_dir, range_)
 
 
+@needs_takeover
 @pytest.mark.parametrize("server", SAMPLE, indirect=True)
 def test_range_beyond_a_file_that_shrank_is_a_500_or_a_close(server):
     check_range_beyond_a_file_that_shrank_before(server)

@@ -30,6 +30,7 @@ def run(program: str, tmp_path: Path) -> List[str]:
     return done.stdout.splitlines()
 
 
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="no known Starlette runs on 3.9")
 def test_the_test_extras_starlette_is_one_whose_range_code_is_known(tmp_path):
     assert run("""
         import fastwrap.starlette
@@ -40,6 +41,7 @@ def test_the_test_extras_starlette_is_one_whose_range_code_is_known(tmp_path):
     """, tmp_path) == ["None None", "True"]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="no known Starlette runs on 3.9")
 def test_importing_fastwrap_uvicorn_or_hypercorn_takes_over(tmp_path):
     for module in ("fastwrap.uvicorn", "fastwrap.hypercorn"):
         assert run(f"""
@@ -75,6 +77,17 @@ def test_a_starlette_without_range_handlers_keeps_its_own(tmp_path):
         print(fastwrap.starlette.install())
         print(FileResponse.__call__ is call)
     """, tmp_path) == ["this Starlette's FileResponse has no range handlers", "True"]
+
+
+def test_why_not_changes_nothing_and_agrees_with_install(tmp_path):
+    assert run("""
+        import fastwrap.starlette
+        from starlette.responses import FileResponse
+        stock = FileResponse._handle_single_range
+        reason = fastwrap.starlette.why_not()
+        print(FileResponse._handle_single_range is stock)
+        print(reason == fastwrap.starlette.install(), fastwrap.starlette.why_not() == reason)
+    """, tmp_path) == ["True", "True True"]
 
 
 def test_ranges_advertised_reads_the_pathsend_extension():

@@ -21,6 +21,10 @@ asyncio or uvloop worker, each request's scope advertises, in
     once after ``http.response.start``.  Starlette's and FastAPI's
     ``FileResponse`` send it whenever a server advertises it; a relative
     path is taken in the working directory.  Only a regular file is opened.
+    Advertised as ``{"ranges": True, "more_body": True}``: ``offset``,
+    ``count`` and ``more_body`` as :data:`fastwrap.asgi.PATHSEND_EXTENSION`
+    says; importing this module has Starlette's ``FileResponse`` answer
+    ``Range`` requests with them (:mod:`fastwrap.starlette`).
 
 ``http.response.zerocopysend``
     ``{"type": "http.response.zerocopysend", "file": f, "offset": o,

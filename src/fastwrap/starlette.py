@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fastwrap import asgi
 
-__all__ = ["KNOWN", "fingerprint", "install", "ranges_advertised"]
+__all__ = ["KNOWN", "fingerprint", "install", "ranges_advertised", "why_not"]
 
 #: Fingerprints (see :func:`fingerprint`) of Starlette's ``FileResponse``
 #: ``_handle_single_range``, ``_handle_multiple_ranges`` and
@@ -89,12 +89,31 @@ def install() -> Optional[str]:
     return None if _installed == "installed" else _installed
 
 
-def _take_over() -> str:
+def why_not() -> Optional[str]:
+    """Why the installed Starlette's range answers cannot be taken over; None if they can.
+
+    Changes nothing (:func:`install` does the taking over).
+    """
+    if _installed == "installed":
+        return None
     try:
         from starlette import responses
     except ImportError:
         return "Starlette is not installed"
-    cls: Any = responses.FileResponse
+    return _unknown(responses.FileResponse)
+
+
+def _take_over() -> str:
+    reason = why_not()
+    if reason is not None:
+        return reason
+    from starlette import responses
+    _patch(responses.FileResponse, responses)
+    return "installed"
+
+
+def _unknown(cls: Any) -> Optional[str]:
+    """Why *cls*'s range handlers are not ones this module reproduces, or None."""
     names = ("_handle_single_range", "_handle_multiple_ranges", "generate_multipart")
     if not all(hasattr(cls, name) for name in names):
         return "this Starlette's FileResponse has no range handlers"
@@ -110,8 +129,7 @@ def _take_over() -> str:
     if signatures != [_SINGLE, _MULTIPLE] or not all(
             asgi.refers_to(cls.__call__, name) for name in names[:2]):
         return "this Starlette's FileResponse calls its range handlers otherwise"
-    _patch(cls, responses)
-    return "installed"
+    return None
 
 
 def _patch(cls: Any, responses: Any) -> None:

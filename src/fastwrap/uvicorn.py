@@ -13,12 +13,18 @@ the server a file instead of its bytes:
 
 ``http.response.pathsend``
     ``{"type": "http.response.pathsend", "path": "/absolute/path"}``, sent
-    once after ``http.response.start``; the response is complete after it.
+    after ``http.response.start``; the response is complete after it.
     Starlette's and FastAPI's ``FileResponse`` send it whenever a server
     advertises it, so their users need to change nothing; a relative path
     (``FileResponse("big.iso")``) is taken in the working directory, as the
     application took it.  Only a regular file is opened (never a FIFO, whose
-    opening would wait for a writer, nor a device).
+    opening would wait for a writer, nor a device).  Advertised as
+    ``{"ranges": True, "more_body": True}``: the message may also carry
+    ``offset`` and ``count`` (a byte range), and ``"more_body": True`` to
+    leave the response open (see :data:`fastwrap.asgi.PATHSEND_EXTENSION`).
+    Importing this module has Starlette's ``FileResponse`` answer ``Range``
+    requests with them (:mod:`fastwrap.starlette`), where its version is a
+    known one.
 
 ``http.response.zerocopysend``
     ``{"type": "http.response.zerocopysend", "file": f, "offset": o,
