@@ -165,7 +165,7 @@ def advertise(scope: Dict[str, Any]) -> None:
     extensions = scope.get("extensions")
     if extensions is None:
         extensions = scope["extensions"] = {}
-    extensions[PATHSEND] = dict(PATHSEND_EXTENSION)  # the application's to read, not to share
+    extensions[PATHSEND] = dict(PATHSEND_EXTENSION)  # a copy each: an app may change its own
     extensions[ZEROCOPYSEND] = {}
 
 
