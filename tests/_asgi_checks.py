@@ -37,6 +37,10 @@ ZERO_COPY = "sendfile"
 TAKEN_OVER = fastwrap.starlette.why_not() is None
 needs_takeover = pytest.mark.skipif(not TAKEN_OVER, reason=f"fastwrap.starlette: "
                                     f"{fastwrap.starlette.why_not()}")
+#: Several ranges: Starlette before 1.5 mislabels and misframes its multipart answers
+#: (on stock servers too), so they are checked with a Starlette fastwrap knows.
+needs_sound_multipart = pytest.mark.skipif(
+    not TAKEN_OVER, reason="this Starlette's multipart/byteranges answers are malformed")
 EXTENSIONS = ["http.response.pathsend", "http.response.zerocopysend"]
 
 
@@ -381,7 +385,7 @@ def sample_answers(server: Server) -> List[bytes]:
 # -- Range answers: Starlette's FileResponse by pathsend with offset and count -----------------
 
 #: Each Range header, and the parts of DATA (start, end) Starlette answers it with.
-RANGES = [
+_RANGES = [
     ("bytes=1000-1999999", [(1000, 2000000)]),
     ("bytes=2000000-", [(2000000, len(DATA))]),                        # open end
     ("bytes=-5000", [(len(DATA) - 5000, len(DATA))]),                  # suffix
@@ -390,13 +394,16 @@ RANGES = [
     ("bytes=500-599,0-99,550-700", [(0, 100), (500, 701)]),            # sorted, merged
     ("bytes=0-1048575,2000000-2999999", [(0, 1048576), (2000000, 3000000)]),
 ]
+RANGES = [pytest.param(header, parts, id=header,
+                       marks=[needs_sound_multipart] if len(parts) > 1 else [])
+          for header, parts in _RANGES]
 RANGE_TARGETS = ["/file/data.bin", "/static/data.bin", "/fastapi/file/data.bin"]
 
 _BOUNDARY = re.compile(rb"multipart/byteranges; boundary=([0-9a-f]+)")
 
 
 def without_boundary(answer: bytes) -> bytes:
-    """*answer* with its multipart boundary (random, drawn per response) replaced by a fixed one."""
+    """*answer* with its multipart boundary (random, drawn per response) made a fixed one."""
     found = _BOUNDARY.search(answer)
     if found is None:
         return answer
@@ -413,7 +420,8 @@ def byteranges(response: Any) -> List[Tuple[str, bytes]]:
     for piece in response.body[:-len(delimiter) - 2].split(delimiter + b"\r\n")[1:]:
         head, _, data = piece.partition(b"\r\n\r\n")
         assert data.endswith(b"\r\n")
-        ranges = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-range:")]
+        ranges = [line for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-range:")]
         parts.append((ranges[0].split(b":", 1)[1].strip().decode(), data[:-2]))
     return parts
 
@@ -462,8 +470,8 @@ def check_range_answers_without_a_body_are_stock(server: Server, stock: Server) 
         before = server.stats()
         ours = answer(server, target, headers, method)
         after = server.stats()
-        assert without_boundary(ours) == without_boundary(answer(stock, target, headers, method)), \
-            (method, target, headers)
+        theirs = answer(stock, target, headers, method)
+        assert without_boundary(ours) == without_boundary(theirs), (method, target, headers)
         if not TAKEN_OVER and engine_moved != whole:
             engine_moved = {}  # Starlette reads ranges itself
         assert moved(before, after) == engine_moved, (method, target, headers)
@@ -485,7 +493,9 @@ def check_range_of_a_file_shrinking_mid_body(server: Server, data_dir: Path,
         path.unlink()
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 206 ")
-    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    found = re.search(rb"(?i)content-length: (\d+)", head)
+    assert found is not None, head
+    length = int(found.group(1))
     assert len(body) < length, "a 206 as long as announced from a file that shrank"
     if "," not in range_:
         start = int(range_.split("=")[1].split("-")[0])

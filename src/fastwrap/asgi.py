@@ -282,7 +282,8 @@ class Portion:
         """Why the portion is unfillable, in the words a server logs."""
         if self._short_of_count():
             return f"the file holds {self.n} bytes of the {self.required} the pathsend counts"
-        return f"the file holds {self.n} bytes of the {self.allowance} the response still announces"
+        return (f"the file holds {self.n} bytes of the {self.allowance} the response "
+                "still announces")
 
     def short(self, sent: int) -> Optional[int]:
         """The byte count *sent* fell short of, or None: the response may go on or end."""
