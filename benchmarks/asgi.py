@@ -21,6 +21,12 @@ round, so slow drifts of a shared machine hit all servers alike; figures are the
 and the ratios are computed within each round, then summarised the same way.
 Server CPU is the user+system time of the server's whole process tree during
 the measurement, per GB of body delivered.
+
+The range rows fetch the 64 MiB file as 16 ranges of 4 MiB (``16x4MiB``: one
+range per request, in turn; ``16x4MiB-multipart``: all 16 in one
+``multipart/byteranges`` response).  Stock Starlette reads each range in
+Python; under fastwrap's protocol ``fastwrap.starlette`` has it send each as
+a pathsend with offset and count.
 """
 from __future__ import annotations
 
@@ -45,9 +51,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
 
 SIZES = {"4KiB": 4096, "1MiB": 1 << 20, "64MiB": 64 << 20}
-# Concurrent keep-alive connections per file size: enough to keep a
-# one-process server busy without measuring queueing alone.
-CONNECTIONS = {"4KiB": 16, "1MiB": 8, "64MiB": 2}
+_PART = 4 << 20
+#: Range rows: the 64 MiB file fetched as 16 ranges of 4 MiB, by 16 requests of
+#: one range each (as a download accelerator does), or in one multipart/byteranges
+#: response of 16 parts (each a byte short of 4 MiB: Starlette merges adjacent ranges).
+RANGE_LOADS = {
+    "16x4MiB": ["-r", f"{_PART}:16"],
+    "16x4MiB-multipart": ["-H", "Range: bytes=" + ",".join(
+        f"{k * _PART}-{(k + 1) * _PART - 2}" for k in range(16))],
+}
+# Concurrent keep-alive connections per load: enough to keep a one-process
+# server busy without measuring queueing alone.
+CONNECTIONS = {"4KiB": 16, "1MiB": 8, "64MiB": 2, "16x4MiB": 2, "16x4MiB-multipart": 2}
 
 SERVERS = ["uvicorn", "uvicorn+fastwrap", "granian", "nginx"]
 
@@ -239,9 +254,11 @@ class Server:
 
 
 def measure(client: str, server: Server, size: str, seconds: float) -> Dict[str, float]:
+    """One load (a file size, or a RANGE_LOADS row over the 64 MiB file) for *seconds*."""
     cpu_before = server.cpu()
-    argv = [client, "-p", str(server.port), "-u", "/" + size, "-c", str(CONNECTIONS[size]),
-            "-d", str(seconds)]
+    path, extra = ("/64MiB", RANGE_LOADS[size]) if size in RANGE_LOADS else ("/" + size, [])
+    argv = [client, "-p", str(server.port), "-u", path, "-c", str(CONNECTIONS[size]),
+            "-d", str(seconds), *extra]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 300)
     cpu = server.cpu() - cpu_before
     if done.returncode != 0:
@@ -262,6 +279,11 @@ RATIOS = [  # (name, server, baseline, file, metric)
     ("4KiB req/s fastwrap / stock", "uvicorn+fastwrap", "uvicorn", "4KiB", "rps"),
     ("1MiB req/s fastwrap / granian", "uvicorn+fastwrap", "granian", "1MiB", "rps"),
     ("64MiB MB/s granian / nginx", "granian", "nginx", "64MiB", "mb_s"),
+    ("16x4MiB ranges CPU-s/GB fastwrap / stock", "uvicorn+fastwrap", "uvicorn", "16x4MiB",
+     "cpu_s_per_gb"),
+    ("16x4MiB ranges MB/s fastwrap / stock", "uvicorn+fastwrap", "uvicorn", "16x4MiB", "mb_s"),
+    ("16x4MiB multipart CPU-s/GB fastwrap / stock", "uvicorn+fastwrap", "uvicorn",
+     "16x4MiB-multipart", "cpu_s_per_gb"),
 ]
 
 
@@ -279,6 +301,7 @@ TARGETS: Dict[str, Callable[[float], bool]] = {
     "1MiB CPU-s/GB fastwrap / stock": lambda r: r <= 0.5,
     "64MiB MB/s fastwrap / nginx": lambda r: r >= 0.8,
     "4KiB req/s fastwrap / stock": lambda r: r >= 0.95,
+    "16x4MiB ranges CPU-s/GB fastwrap / stock": lambda r: r <= 0.5,
 }
 
 
@@ -287,8 +310,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--servers", default=",".join(SERVERS))
-    parser.add_argument("--sizes", default=",".join(SIZES),
-                        help="the files to measure (the ratios need all of them)")
+    parser.add_argument("--sizes", default=",".join([*SIZES, *RANGE_LOADS]),
+                        help="the files (and range loads) to measure "
+                             "(the ratios need all of them)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 

@@ -4,6 +4,11 @@ Run from a checkout (src/ on PYTHONPATH, the extension built in place):
 
     pip install 'hypercorn>=0.17' uvloop starlette
     PYTHONPATH=src python benchmarks/hypercorn_bench.py [--rounds 3] [--seconds 3] [--json out.json]
+    PYTHONPATH=src python benchmarks/hypercorn_bench.py --ranges ...
+
+``--ranges`` fetches a 64 MiB file as 16 ranges of 4 MiB instead (one per
+request, in turn): stock Starlette reads each range in Python, through
+fastwrap each leaves as a pathsend with offset and count.
 
 Both servers run the Starlette app of asgi.py (``StaticFiles`` over one
 directory) with hypercorn's command line, one worker process, on hypercorn's
@@ -41,6 +46,8 @@ import asgi  # this directory's ASGI benchmark: its app, client and measures
 
 SIZE = 256 << 20
 NAME = "256MiB"
+#: --ranges: the file, and what the client asks of it (see asgi.RANGE_LOADS).
+RANGES_SIZE, RANGES_NAME, RANGES_LOAD = 64 << 20, "64MiB", "16x4MiB"
 CONNECTIONS = 1
 WORKERS = ["asyncio", "uvloop"]
 TARGETS = {"gb_s": 1.5, "cpu_s_per_gb": 0.5}  # fastwrap / stock: at least, at most
@@ -83,7 +90,7 @@ class Server:
 
     def check(self, digest: str) -> None:
         """Refuse to measure a server that does not send the right bytes."""
-        with urllib.request.urlopen(self.url("/" + NAME), timeout=120) as response:
+        with urllib.request.urlopen(self.url("/" + FILE[0]), timeout=120) as response:
             sha = hashlib.sha256()
             while True:
                 piece = response.read(1 << 20)
@@ -111,10 +118,14 @@ class Server:
         self.log.close()
 
 
+#: The file measured and the client's extra arguments (set by --ranges).
+FILE: List[Any] = [NAME, SIZE, []]
+
+
 def measure(client: str, server: Server, seconds: float) -> Dict[str, float]:
     cpu_before = asgi.tree_cpu_seconds(server.process.pid)
-    argv = [client, "-p", str(server.port), "-u", "/" + NAME, "-c", str(CONNECTIONS),
-            "-d", str(seconds)]
+    argv = [client, "-p", str(server.port), "-u", "/" + FILE[0], "-c", str(CONNECTIONS),
+            "-d", str(seconds), *FILE[2]]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 300)
     cpu = asgi.tree_cpu_seconds(server.process.pid) - cpu_before
     if done.returncode != 0:
@@ -126,8 +137,8 @@ def measure(client: str, server: Server, seconds: float) -> Dict[str, float]:
 
 def make_file(root: str) -> str:
     digest = hashlib.sha256()
-    with open(os.path.join(root, NAME), "wb") as f:
-        for _ in range(SIZE >> 20):
+    with open(os.path.join(root, FILE[0]), "wb") as f:
+        for _ in range(FILE[1] >> 20):
             piece = os.urandom(1 << 20)
             f.write(piece)
             digest.update(piece)
@@ -139,8 +150,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workers", default=",".join(WORKERS))
+    parser.add_argument("--ranges", action="store_true",
+                        help="a 64 MiB file as 16 ranges of 4 MiB, one per request")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.ranges:
+        FILE[:] = [RANGES_NAME, RANGES_SIZE, asgi.RANGE_LOADS[RANGES_LOAD]]
 
     with tempfile.TemporaryDirectory(prefix="fastwrap-hypercorn-bench-") as tmp:
         root = os.path.join(tmp, "files")
@@ -198,7 +213,7 @@ def summarise(rounds: List[Dict[str, Dict[str, float]]], before: Dict[str, Any],
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version(), "processor": platform.machine(),
                     "load_average": os.getloadavg()},
-        "file": NAME, "rounds": args.rounds, "seconds": args.seconds,
+        "file": FILE[0] + (f" as {RANGES_LOAD} ranges" if FILE[2] else ""), "rounds": args.rounds, "seconds": args.seconds,
         "connections": CONNECTIONS, "table": table, "ratios": ratios, "targets": targets,
         "fastwrap_bytes_by_path": paths,
     }

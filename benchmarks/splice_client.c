@@ -2,10 +2,15 @@
  * splice_client: a keep-alive HTTP/1.1 load client that is never the bottleneck.
  *
  *   splice_client -p PORT -u /path [-h 127.0.0.1] [-c CONNS] [-n REQUESTS | -d SECONDS]
+ *                 [-H 'Name: value'] [-r SIZE:COUNT]
  *
  * Each of CONNS threads holds one connection and sends GET requests one after
  * another (no pipelining), either REQUESTS times or until SECONDS have passed.
- * The status line must say 200 and the response must carry a Content-Length;
+ * -H adds one header line to every request (a Range of several parts, say);
+ * -r has each connection ask for COUNT ranges of SIZE bytes in turn
+ * (bytes=0-SIZE-1, then SIZE-2*SIZE-1, ...), as a download accelerator
+ * fetches a file.  The status line must say 200 (206 with -H or -r) and the
+ * response must carry a Content-Length;
  * the body is moved socket -> pipe -> /dev/null with splice(2), so its bytes
  * never enter user space (4-7 GB/s on loopback).  A response whose body ends
  * before its Content-Length, or any failed system call, is an error: the
@@ -42,6 +47,9 @@ struct config {
     char request[2048];
     size_t request_len;
     long requests;          /* per connection; 0 = run for `seconds` */
+    unsigned long long range_size;  /* -r: each request asks for the next range */
+    long range_count;
+    const char *status;     /* the status code every response must carry */
     double deadline;        /* monotonic time to stop at, when requests == 0 */
 };
 
@@ -51,6 +59,7 @@ struct worker {
     long responses;
     unsigned long long body_bytes;
     long connects;
+    long next_range;
     int failed;
 };
 
@@ -205,8 +214,19 @@ static int exchange(struct worker *w, int *fd, char *buf, const int pipefd[2], i
             return -1;
         w->connects++;
     }
-    if (send_all(*fd, cfg->request, cfg->request_len) != 0)
+    if (cfg->range_size > 0) {
+        char request[2048 + 64];
+        unsigned long long start = (unsigned long long)(w->next_range++ % cfg->range_count)
+                                   * cfg->range_size;
+        int len = snprintf(request, sizeof request, "%sRange: bytes=%llu-%llu\r\n\r\n",
+                           cfg->request, start, start + cfg->range_size - 1);
+        if (len < 0 || (size_t)len >= sizeof request)
+            return fail("request too long");
+        if (send_all(*fd, request, (size_t)len) != 0)
+            return -1;
+    } else if (send_all(*fd, cfg->request, cfg->request_len) != 0) {
         return -1;
+    }
     size_t got;
     long head_len = read_head(*fd, buf, &got);
     if (head_len < 0)
@@ -217,7 +237,7 @@ static int exchange(struct worker *w, int *fd, char *buf, const int pipefd[2], i
         *fd = -1;
         return reused ? 0 : fail("server closed a new connection without answering");
     }
-    if (strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, " 200 ", 5) != 0) {
+    if (strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, cfg->status, 5) != 0) {
         char *eol = strstr(buf, "\r\n");
         if (eol != NULL)
             *eol = '\0';
@@ -296,20 +316,22 @@ static void *run_worker(void *arg)
 
 static void usage(void)
 {
-    fputs("usage: splice_client -p PORT -u PATH [-h HOST] [-c CONNS] [-n REQUESTS | -d SECONDS]\n",
-          stderr);
+    fputs("usage: splice_client -p PORT -u PATH [-h HOST] [-c CONNS] [-n REQUESTS | -d SECONDS]"
+          " [-H HEADER] [-r SIZE:COUNT]\n", stderr);
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     struct config cfg;
-    const char *host = "127.0.0.1", *path = NULL;
+    const char *host = "127.0.0.1", *path = NULL, *header = NULL;
+    char *colon;
     long port = 0, conns = 1;
     double seconds = 0;
     int opt;
     memset(&cfg, 0, sizeof cfg);
-    while ((opt = getopt(argc, argv, "h:p:u:c:n:d:")) != -1) {
+    cfg.status = " 200 ";
+    while ((opt = getopt(argc, argv, "h:p:u:c:n:d:H:r:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = strtol(optarg, NULL, 10); break;
@@ -317,6 +339,14 @@ int main(int argc, char **argv)
         case 'c': conns = strtol(optarg, NULL, 10); break;
         case 'n': cfg.requests = strtol(optarg, NULL, 10); break;
         case 'd': seconds = strtod(optarg, NULL); break;
+        case 'H': header = optarg; cfg.status = " 206 "; break;
+        case 'r':
+            cfg.range_size = strtoull(optarg, &colon, 10);
+            cfg.range_count = *colon == ':' ? strtol(colon + 1, NULL, 10) : 0;
+            if (cfg.range_size == 0 || cfg.range_count < 1)
+                usage();
+            cfg.status = " 206 ";
+            break;
         default: usage();
         }
     }
@@ -329,9 +359,11 @@ int main(int argc, char **argv)
         fail("not an IPv4 address: %s", host);
         return 2;
     }
+    /* With -r the blank line ending the head is added per request, after its Range. */
     int len = snprintf(cfg.request, sizeof cfg.request,
-                       "GET %s HTTP/1.1\r\nHost: %s:%ld\r\nUser-Agent: splice_client\r\n\r\n",
-                       path, host, port);
+                       "GET %s HTTP/1.1\r\nHost: %s:%ld\r\nUser-Agent: splice_client\r\n"
+                       "%s%s%s", path, host, port, header ? header : "", header ? "\r\n" : "",
+                       cfg.range_size > 0 ? "" : "\r\n");
     if (len < 0 || (size_t)len >= sizeof cfg.request) {
         fail("path too long");
         return 2;

@@ -5,7 +5,8 @@
 - ``/fastapi/...``: a FastAPI app (``FileResponse`` from a route, by an
   absolute path or one relative to the working directory);
 - ``/raw/...``: a bare ASGI app using ``http.response.zerocopysend`` and
-  ``http.response.pathsend`` directly, with the cases Starlette never sends
+  ``http.response.pathsend`` directly (with its ``offset``, ``count`` and
+  ``more_body`` fields on ``/raw/parts``), with the cases Starlette never sends
   (and ``/raw/fail``, failing before it starts a response: uvicorn's own 500),
   and the sources an event loop must wait for (an empty pipe, a cold file);
 - anything else: a Starlette app (``FileResponse``, ``StaticFiles`` with its
@@ -40,6 +41,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 DIRECTORY = os.environ.get("FASTWRAP_TEST_DIR", os.getcwd())
+
+if os.environ.get("FASTWRAP_TEST_STARLETTE_INSTALL"):
+    # As under fastwrap's servers, here under a stock one (which advertises no ranges).
+    import fastwrap.starlette
+    fastwrap.starlette.install()
 
 #: What the raw app saw, reported by /__stats__.
 OBSERVED: Dict[str, Any] = {"disconnects": 0, "positions": [], "waits": []}
@@ -185,6 +191,29 @@ async def raw_pathsend(scope: Dict[str, Any], receive: Callable, send: Callable)
                 "path": q["name"] if q.get("relative") else path})
 
 
+async def raw_parts(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """pathsend with offset and count, one message per part of ``?parts=offset:count,...``.
+
+    Every part but the last carries ``more_body``; ``cl=none`` leaves the
+    Content-Length out (chunked), ``cl=N`` announces N; ``flush=1`` puts the
+    head out first; ``bad=key:value`` puts a wrong field in the first message.
+    """
+    q = _query(scope)
+    path = _file(q.get("name", "data.bin"))
+    parts = [tuple(int(x) for x in part.split(":")) for part in q["parts"].split(",")]
+    length = q.get("cl") or str(sum(count for _, count in parts))
+    await send(_head(None if length == "none" else length))
+    if q.get("flush"):
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+    for i, (offset, count) in enumerate(parts):
+        message = {"type": "http.response.pathsend", "path": path, "offset": offset,
+                   "count": count, "more_body": i < len(parts) - 1}
+        if i == 0 and q.get("bad"):
+            key, _, value = q["bad"].partition(":")
+            message[key] = json.loads(value)
+        await send(message)
+
+
 async def raw_disconnect(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
     """A big pathsend; afterwards, what receive() says (http.disconnect if the client left)."""
     path = _file("big.bin")
@@ -198,7 +227,9 @@ async def raw_disconnect(scope: Dict[str, Any], receive: Callable, send: Callabl
 
 
 async def raw_scope(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
-    body = json.dumps({"extensions": sorted(scope.get("extensions") or {}),
+    extensions = scope.get("extensions") or {}
+    body = json.dumps({"extensions": sorted(extensions),
+                       "pathsend": extensions.get("http.response.pathsend"),
                        "http_version": scope["http_version"],
                        "scheme": scope["scheme"]}).encode()
     await send(_head(len(body)))
@@ -316,6 +347,7 @@ RAW: Dict[str, Callable] = {
     "/raw/descriptor": raw_descriptor,
     "/raw/mixed": raw_mixed,
     "/raw/pathsend": raw_pathsend,
+    "/raw/parts": raw_parts,
     "/raw/disconnect": raw_disconnect,
     "/raw/scope": raw_scope,
     "/raw/fail": raw_fail,

@@ -52,6 +52,7 @@ class Server:
         self.log = log
         self.tls = tls  # the client's context, for a TLS server
         self.worker_pid: Optional[int] = None  # where a server runs its worker in a child
+        self.parser: Optional[str] = None  # uvicorn's HTTP parser, where a test names it
 
     def connect(self, rcvbuf: Optional[int] = None) -> "Connection":
         return Connection(self, rcvbuf)
@@ -244,7 +245,8 @@ def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
                   engine: str = "c", data_dir: Optional[Path] = None,
                   tls: Optional[Any] = None, programmatic: bool = False,
                   app_ref: str = "_asgi_apps:app", cwd: Optional[Path] = None,
-                  file_permissions: bool = False) -> Iterator[Server]:
+                  file_permissions: bool = False,
+                  env: Optional[Dict[str, str]] = None) -> Iterator[Server]:
     """Run uvicorn serving *app_ref* in *cwd* (default: this directory); yield a :class:`Server`.
 
     *tls* is a trustme CA: the server gets a certificate it issued, and the
@@ -264,7 +266,7 @@ def serve_uvicorn(http: str = "fastwrap-httptools", loop: str = "asyncio",
             if tls_args:
                 args += ["--ssl-certfile", tls_args[0], "--ssl-keyfile", tls_args[1]]
         with _started(args, port, scratch, engine, data_dir, cwd, file_permissions,
-                      client_context) as server:
+                      client_context, env) as server:
             yield server
 
 

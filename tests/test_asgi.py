@@ -64,8 +64,55 @@ def test_a_pipe_has_no_length_until_it_ends():
         assert portion.short(39) == 40
 
 
+def test_pathsend_portion_with_offset_and_count(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100)
+    cases = [  # (message extras, allowance) -> (n, unfillable, short(sent=n-1), reason)
+        ({"offset": 10, "count": 20}, 20, (20, False, 20)),
+        ({"offset": 10, "count": 20, "more_body": True}, 500, (20, False, 20)),
+        ({"offset": 90, "count": 20}, 20, (10, True, 10)),   # past the end: never short-filled
+        ({"offset": 90, "count": 20, "more_body": True}, 500, (10, True, 10)),
+        ({"offset": 200, "count": 1}, None, (0, True, None)),
+        ({"offset": 90, "count": 20}, 0, (0, False, None)),  # HEAD: nothing is sent
+        ({"offset": 95}, None, (5, False, 5)),               # no count: to the end
+    ]
+    for extras, allowance, expected in cases:
+        source = asgi.FileSource({"type": asgi.PATHSEND, "path": str(path), **extras})
+        try:
+            portion = asgi.Portion(source, allowance)
+            n = portion.n
+            assert n is not None
+            got = (n, portion.unfillable, portion.short(n - 1) if n else None)
+            assert got == expected, (extras, allowance)
+            assert source.final is not extras.get("more_body", False)
+        finally:
+            source.close()
+    source = asgi.FileSource({"type": asgi.PATHSEND, "path": str(path), "offset": 90,
+                              "count": 20})
+    try:
+        assert asgi.Portion(source, 20).unfillable_reason() == \
+            "the file holds 10 bytes of the 20 the pathsend counts"
+    finally:
+        source.close()
+
+
+def test_advertise_says_ranges_and_more_body_for_pathsend():
+    scope: dict = {}
+    asgi.advertise(scope)
+    assert scope["extensions"] == {asgi.PATHSEND: {"ranges": True, "more_body": True},
+                                   asgi.ZEROCOPYSEND: {}}
+    scope["extensions"][asgi.PATHSEND]["ranges"] = False  # an application's own copy
+    assert asgi.PATHSEND_EXTENSION["ranges"] is True
+
+
 @pytest.mark.parametrize("message, error", [
     ({"type": asgi.PATHSEND, "path": b"/etc/hostname"}, "needs the file's path as a str"),
+    ({"type": asgi.PATHSEND, "path": "/etc/hostname", "offset": -1},
+     "http.response.pathsend 'offset' must be an int >= 0, got -1"),
+    ({"type": asgi.PATHSEND, "path": "/etc/hostname", "count": 1.5},
+     "http.response.pathsend 'count' must be an int >= 0, got 1.5"),
+    ({"type": asgi.PATHSEND, "path": "/etc/hostname", "more_body": "yes"},
+     "http.response.pathsend 'more_body' must be True or False, got 'yes'"),
     ({"type": asgi.ZEROCOPYSEND, "file": None}, "needs 'file'"),
     ({"type": asgi.ZEROCOPYSEND, "file": 0, "count": -1}, "'count' must be an int >= 0"),
 ])

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -34,24 +34,20 @@ pytest.importorskip("starlette", reason="starlette is in the project's test extr
 pytest.importorskip("fastapi", reason="fastapi is in the project's test extra")
 
 from _asgi_checks import (  # noqa: E402
-    DATA, EXTENSIONS, RELATIVE, SAMPLE_FILE_BODIES, SAMPLE_REQUESTS, SMALL, UNUSABLE,
-    UNUSABLE_AFTER_HEAD, ZERO_COPY, check_a_cold_file_is_read_in_off_the_loop,
-    check_a_slow_client_holds_only_its_own_request, check_an_empty_pipe_is_waited_for,
-    check_disconnects_leak_nothing, check_file_response, check_file_shrinking_mid_body,
-    check_head_304_range_and_empty, check_pathsend_framing, check_relative_path,
+    BAD_PATHSEND, DATA, EXTENSIONS, RANGES, RANGE_TARGETS, RELATIVE, SAMPLE_FILE_BODIES,
+    SAMPLE_REQUESTS, SMALL, UNUSABLE, UNUSABLE_AFTER_HEAD, ZERO_COPY, assert_same_answers,
+    check_a_cold_file_is_read_in_off_the_loop, check_a_slow_client_holds_only_its_own_request,
+    check_an_empty_pipe_is_waited_for, check_bad_pathsend_fields,
+    check_clients_leaving_mid_range_leak_nothing, check_disconnects_leak_nothing,
+    check_file_response, check_file_shrinking_mid_body, check_head_304_range_and_empty,
+    check_pathsend_framing, check_pathsend_offset_count_and_more_body, check_range_answer,
+    check_range_answers_without_a_body_are_stock, check_range_beyond_a_file_that_shrank_before,
+    check_range_of_a_file_shrinking_mid_body, check_relative_path,
     check_unusable_after_the_head_left, check_unusable_before_the_first_byte,
-    check_zerocopysend_mixed_with_body_messages, check_zerocopysend_offset_count_and_descriptors,
-    make_data_dir, moved, sample_answers)
+    check_zerocopysend_mixed_with_body_messages,
+    check_zerocopysend_offset_count_and_descriptors, has_module, make_data_dir, moved,
+    needs_sound_multipart, needs_takeover, sample_answers, tls_ca)
 from _asgi_servers import Server, serve_hypercorn  # noqa: E402
-
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
 
 
 def _combo(engine: str, worker: str) -> Any:
@@ -60,7 +56,7 @@ def _combo(engine: str, worker: str) -> Any:
         marks.append(pytest.mark.c_extension)
         if import_compiled_engine() is None:
             marks.append(pytest.mark.skip(reason="compiled engine not built"))
-    if worker == "uvloop" and not _has("uvloop"):
+    if worker == "uvloop" and not has_module("uvloop"):
         marks.append(pytest.mark.skip(reason="uvloop is in the project's test extra"))
     name = f"{engine}-{worker}"
     return pytest.param(name, id=name, marks=marks)
@@ -88,6 +84,13 @@ def server(request, data_dir):
         info = started.stats()
         assert info["implementation"] == ("cython" if engine == "c" else "python")
         assert info["pid"] != started.process.pid, "not served by hypercorn's worker process"
+        yield started
+
+
+@pytest.fixture(scope="module")
+def stock(data_dir):
+    """Stock hypercorn (``python -m hypercorn``) on the same files."""
+    with serve_hypercorn(stock=True, data_dir=data_dir, cwd=data_dir) as started:
         yield started
 
 
@@ -234,6 +237,11 @@ def test_extensions_advertised_on_plain_http_1_1_only(server):
 
 def h2c_get(server: Server, target: str) -> Dict[str, Any]:
     """One GET over HTTP/2 with prior knowledge (h2c): its status and body."""
+    return h2c_get_with(server, target, [])
+
+
+def h2c_get_with(server: Server, target: str, headers: List[Tuple[str, str]]) -> Dict[str, Any]:
+    """One GET over HTTP/2 with prior knowledge (h2c) and *headers*: its status and body."""
     import h2.config
     import h2.connection
     import h2.events
@@ -241,7 +249,7 @@ def h2c_get(server: Server, target: str) -> Dict[str, Any]:
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     conn.send_headers(1, [(":method", "GET"), (":path", target), (":scheme", "http"),
-                          (":authority", "127.0.0.1")], end_stream=True)
+                          (":authority", "127.0.0.1"), *headers], end_stream=True)
     result: Dict[str, Any] = {"status": None, "body": bytearray()}
     with socket.create_connection((server.host, server.port), timeout=HANG) as sock:
         sock.sendall(conn.data_to_send())
@@ -275,12 +283,6 @@ def test_http2_keeps_stock_behaviour_and_does_not_advertise(server):
     assert moved(before, server.stats()) == {}  # Starlette read and sent it itself
 
 
-@pytest.fixture(scope="module")
-def tls_ca():
-    trustme = pytest.importorskip("trustme", reason="trustme is in the project's test extra")
-    return trustme.CA()
-
-
 def test_tls_keeps_stock_behaviour_and_does_not_advertise(data_dir, tls_ca):
     with serve_hypercorn(data_dir=data_dir, tls=tls_ca) as server:
         scope = json.loads(server.request("GET", "/raw/scope").body)
@@ -298,8 +300,7 @@ def test_answers_are_stock_hypercorns(data_dir):
         got = sample_answers(ours)
         # The file responses among them left through the engine.
         assert moved(before, ours.stats()) == {ZERO_COPY: SAMPLE_FILE_BODIES}
-    for request, want, have in zip(SAMPLE_REQUESTS, expected, got):
-        assert have == want, request
+    assert_same_answers(SAMPLE_REQUESTS, expected, got)
 
 
 @pytest.mark.parametrize("combo", SAMPLE)
@@ -328,3 +329,57 @@ def test_in_process_worker_and_an_unknown_worker_class(data_dir):
     assert done.stderr.strip().splitlines() == [
         "fastwrap.hypercorn: fastwrap.hypercorn runs hypercorn's asyncio and uvloop workers, "
         "not 'trio': use --worker-class asyncio or uvloop"]
+
+
+# -- Range answers: Starlette's FileResponse by pathsend with offset and count -----------------
+
+@pytest.mark.parametrize("server", FULL, indirect=True)
+@pytest.mark.parametrize("target", RANGE_TARGETS)
+@pytest.mark.parametrize("range_, parts", RANGES)
+def test_range_answers_are_stock_hypercorns_each_part_by_sendfile(server, stock, target, range_,
+                                                                   parts):
+    check_range_answer(server, stock, target, range_, parts)
+
+
+@pytest.mark.parametrize("server", FULL, indirect=True)
+def test_if_range_head_unsatisfiable_and_empty_ranges_are_stock_hypercorns(server, stock):
+    check_range_answers_without_a_body_are_stock(server, stock)
+
+
+@needs_takeover
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+@pytest.mark.parametrize("range_", ["bytes=1000-", "bytes=0-99,1000-"])
+def test_range_of_a_file_shrinking_mid_body_closes_the_connection(server, data_dir, range_):
+    check_range_of_a_file_shrinking_mid_body(server, data_dir, range_)
+
+
+@needs_takeover
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_range_beyond_a_file_that_shrank_is_a_500_or_a_close(server):
+    check_range_beyond_a_file_that_shrank_before(server)
+
+
+@needs_sound_multipart
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_clients_leaving_mid_range_leak_nothing(server):
+    check_clients_leaving_mid_range_leak_nothing(server, 20)
+
+
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_pathsend_offset_count_and_more_body(server):
+    check_pathsend_offset_count_and_more_body(server)
+
+
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+@pytest.mark.parametrize("bad", list(BAD_PATHSEND))
+def test_bad_pathsend_fields_are_a_500_or_a_close(server, bad):
+    check_bad_pathsend_fields(server, bad)
+
+
+@pytest.mark.parametrize("server", SAMPLE[:1], indirect=True)
+def test_http2_range_answers_stay_starlettes_own(server):
+    pytest.importorskip("h2", reason="h2 comes with hypercorn")
+    before = server.stats()
+    response = h2c_get_with(server, "/file/data.bin", [("range", "bytes=1000-1999")])
+    assert response["status"] == 206 and bytes(response["body"]) == DATA[1000:2000]
+    assert moved(before, server.stats()) == {}  # not advertised: Starlette read it

@@ -17,6 +17,7 @@ unreadable to them).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from typing import Any
@@ -31,24 +32,23 @@ pytest.importorskip("starlette", reason="starlette is in the project's test extr
 pytest.importorskip("fastapi", reason="fastapi is in the project's test extra")
 
 from _asgi_checks import (  # noqa: E402
-    BIG, COLD, DATA, EXTENSIONS, RELATIVE, SAMPLE_FILE_BODIES, SAMPLE_REQUESTS, UNUSABLE,
-    UNUSABLE_AFTER_HEAD, ZERO_COPY, check_a_cold_file_is_read_in_off_the_loop,
+    BAD_PATHSEND, BIG, COLD, DATA, EXTENSIONS, RANGES, RANGE_TARGETS, RELATIVE,
+    SAMPLE_FILE_BODIES, SAMPLE_REQUESTS, UNUSABLE, UNUSABLE_AFTER_HEAD, ZERO_COPY, answer,
+    assert_same_answers, check_a_cold_file_is_read_in_off_the_loop,
     check_a_slow_client_holds_only_its_own_request, check_an_empty_pipe_is_waited_for,
+    check_bad_pathsend_fields, check_clients_leaving_mid_range_leak_nothing,
     check_disconnects_leak_nothing, check_file_response, check_file_shrinking_mid_body,
-    check_head_304_range_and_empty, check_pathsend_framing, check_relative_path,
+    check_head_304_range_and_empty, check_pathsend_framing,
+    check_pathsend_offset_count_and_more_body, check_range_answer,
+    check_range_answers_without_a_body_are_stock, check_range_beyond_a_file_that_shrank_before,
+    check_range_of_a_file_shrinking_mid_body, check_relative_path,
     check_unusable_after_the_head_left, check_unusable_before_the_first_byte,
-    check_zerocopysend_mixed_with_body_messages, check_zerocopysend_offset_count_and_descriptors,
-    exchange, make_cold, make_data_dir, moved, observed_during, sample_answers)
+    check_zerocopysend_mixed_with_body_messages,
+    check_zerocopysend_offset_count_and_descriptors, exchange, has_module, make_cold,
+    make_data_dir, moved, needs_sound_multipart, needs_takeover, observed_during,
+    sample_answers, tls_ca, without_boundary)
 from _asgi_apps import mixed_expected  # noqa: E402
 from _asgi_servers import Server, serve_uvicorn  # noqa: E402
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
 
 
 def _combo(engine: str, http: str, loop: str) -> Any:
@@ -57,9 +57,9 @@ def _combo(engine: str, http: str, loop: str) -> Any:
         marks.append(pytest.mark.c_extension)
         if import_compiled_engine() is None:
             marks.append(pytest.mark.skip(reason="compiled engine not built"))
-    if http == "httptools" and not _has("httptools"):
+    if http == "httptools" and not has_module("httptools"):
         marks.append(pytest.mark.skip(reason="httptools is in the project's test extra"))
-    if loop == "uvloop" and not _has("uvloop"):
+    if loop == "uvloop" and not has_module("uvloop"):
         marks.append(pytest.mark.skip(reason="uvloop is in the project's test extra"))
     name = f"{engine}-{http}-{loop}"
     return pytest.param(name, id=name, marks=marks)
@@ -92,7 +92,23 @@ def server(request, data_dir):
                        file_permissions=True) as started:
         info = started.stats()
         assert info["implementation"] == ("cython" if engine == "c" else "python")
+        started.parser = http
         yield started
+
+
+@pytest.fixture(scope="module")
+def stock(data_dir):
+    """Stock uvicorn with the parser of the server under test, started when first asked for."""
+    with contextlib.ExitStack() as stack:
+        started = {}
+
+        def for_parser(http: str) -> Server:
+            if http not in started:
+                started[http] = stack.enter_context(serve_uvicorn(
+                    http=f"stock-{http}", data_dir=data_dir, cwd=data_dir))
+            return started[http]
+
+        yield for_parser
 
 
 # -- Starlette and FastAPI FileResponse ----------------------------------------------------
@@ -177,12 +193,6 @@ def test_disconnects_mid_file_end_the_transfer_and_leak_nothing(server):
 
 # -- TLS, gunicorn --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tls_ca():
-    trustme = pytest.importorskip("trustme", reason="trustme is in the project's test extra")
-    return trustme.CA()
-
-
 @pytest.mark.parametrize("combo", SAMPLE[:2])
 def test_tls_advertises_and_copies_through_the_transport(combo, data_dir, tls_ca):
     engine, http, loop = combo.split("-")
@@ -229,8 +239,7 @@ def test_answers_are_stock_uvicorns(http, data_dir):
         before = ours.stats()
         got = sample_answers(ours)
         assert moved(before, ours.stats()) == {ZERO_COPY: SAMPLE_FILE_BODIES}
-    for request, want, have in zip(SAMPLE_REQUESTS, expected, got):
-        assert have == want, request
+    assert_same_answers(SAMPLE_REQUESTS, expected, got)
 
 
 # -- what the loop waits for: an empty pipe, a cold file ---------------------------------------
@@ -260,3 +269,77 @@ def test_over_tls_a_cold_file_is_read_off_the_loop(combo, data_dir, tls_ca):
     assert any(observed["off_loop"]), "the cold file was read on the loop"
     assert observed["cold_on_loop"] == 0
     assert observed["ticks"]
+
+
+# -- Range answers: Starlette's FileResponse by pathsend with offset and count -----------------
+
+@pytest.mark.parametrize("server", PAIRS, indirect=True)
+@pytest.mark.parametrize("target", RANGE_TARGETS)
+@pytest.mark.parametrize("range_, parts", RANGES)
+def test_range_answers_are_stock_uvicorns_each_part_by_sendfile(server, stock, target, range_,
+                                                                 parts):
+    check_range_answer(server, stock(server.parser), target, range_, parts)
+
+
+@pytest.mark.parametrize("server", PAIRS, indirect=True)
+def test_if_range_head_unsatisfiable_and_empty_ranges_are_stock_uvicorns(server, stock):
+    check_range_answers_without_a_body_are_stock(server, stock(server.parser))
+
+
+@needs_takeover
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+@pytest.mark.parametrize("range_", ["bytes=1000-", "bytes=0-99,1000-"])
+def test_range_of_a_file_shrinking_mid_body_closes_the_connection(server, data_dir, range_):
+    check_range_of_a_file_shrinking_mid_body(server, data_dir, range_)
+
+
+@needs_takeover
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_range_beyond_a_file_that_shrank_is_a_500_or_a_close(server):
+    check_range_beyond_a_file_that_shrank_before(server)
+
+
+@needs_sound_multipart
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_clients_leaving_mid_range_leak_nothing(server):
+    check_clients_leaving_mid_range_leak_nothing(server, 20)
+
+
+@pytest.mark.parametrize("server", SAMPLE, indirect=True)
+def test_pathsend_offset_count_and_more_body(server):
+    check_pathsend_offset_count_and_more_body(server)
+
+
+@pytest.mark.parametrize("server", SAMPLE[:2], indirect=True)
+@pytest.mark.parametrize("bad", list(BAD_PATHSEND))
+def test_bad_pathsend_fields_are_a_500_or_a_close(server, bad):
+    check_bad_pathsend_fields(server, bad)
+
+
+@needs_sound_multipart
+@pytest.mark.parametrize("combo", SAMPLE[:2])
+def test_range_answers_over_tls_copy_through_the_transport(combo, data_dir, tls_ca):
+    engine, http, loop = combo.split("-")
+    with serve_uvicorn(http=f"fastwrap-{http}", loop=loop, engine=engine, data_dir=data_dir,
+                       tls=tls_ca) as server:
+        before = server.stats()
+        single, several = exchange(server, [
+            ("GET", "/file/data.bin", ["Range: bytes=1000-1999999"]),
+            ("GET", "/static/data.bin", ["Range: bytes=0-9,-100"])])
+        assert single.status == 206 and single.body == DATA[1000:2000000]
+        assert several.status == 206 and DATA[-100:] in several.body and several.complete
+        assert moved(before, server.stats()) == {}  # the engine never saw a TLS socket
+
+
+def test_under_stock_uvicorn_starlettes_own_range_code_runs(data_dir):
+    """Taken over but not advertised: Starlette's own answers (it reads the file)."""
+    env = {"FASTWRAP_TEST_STARLETTE_INSTALL": "1"}
+    requests = [("/file/data.bin", ["Range: bytes=1000-1999999"]),
+                ("/static/data.bin", ["Range: bytes=0-9,1000-1999,-100"])]
+    with serve_uvicorn(http="stock-h11", data_dir=data_dir, cwd=data_dir) as stock:
+        expected = [without_boundary(answer(stock, t, h)) for t, h in requests]
+    with serve_uvicorn(http="stock-h11", data_dir=data_dir, cwd=data_dir, env=env) as patched:
+        before = patched.stats()
+        got = [without_boundary(answer(patched, t, h)) for t, h in requests]
+        assert moved(before, patched.stats()) == {}
+    assert_same_answers(requests, expected, got)

@@ -8,9 +8,16 @@ integrations (:mod:`fastwrap.uvicorn`, :mod:`fastwrap.hypercorn`) ask this
 module, and keep only what is their server's own: where the head is held,
 how the bytes reach the socket, how a failure is answered.
 
+- :data:`PATHSEND_EXTENSION` is what a server advertises for pathsend:
+  ``{"ranges": True}`` (the ``offset`` and ``count`` fields proposed for
+  the ASGI spec in asgiref PR #538) and ``{"more_body": True}``, fastwrap's
+  extension field for a pathsend that does not end the response (one part
+  of a ``multipart/byteranges`` body);
 - :class:`FileSource` opens what a message names: a pathsend path (relative
   ones in the working directory; only a regular file, never a FIFO or a
   device), or a zerocopysend file or descriptor, with its offset and count;
+- :func:`send_file` opens a message's file, hands it to the server's sender
+  and lets go of it, or has the server fail the response;
 - :func:`allowance` says how many body bytes a response may still carry
   (none for HEAD, 1xx, 204, 304; the rest of its Content-Length; unlimited
   when chunked);
@@ -28,17 +35,28 @@ import io
 import os
 import stat
 import types
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, cast
+from typing import (Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar,
+                    cast)
 
 from fastwrap import serving
 
-__all__ = ["COPY_CHUNK", "FILE_MESSAGES", "PATHSEND", "ZEROCOPYSEND", "FileSource", "Portion",
-           "allowance", "h11_frame", "open_path", "rebind"]
+__all__ = ["COPY_CHUNK", "FILE_MESSAGES", "PATHSEND", "PATHSEND_EXTENSION", "ZEROCOPYSEND",
+           "FileSource", "Portion", "advertise", "allowance", "h11_frame", "open_path", "rebind",
+           "refers_to", "send_file"]
 
 PATHSEND = "http.response.pathsend"
 ZEROCOPYSEND = "http.response.zerocopysend"
 #: The message types that carry a file.
 FILE_MESSAGES = (PATHSEND, ZEROCOPYSEND)
+
+#: What ``scope["extensions"]["http.response.pathsend"]`` holds where fastwrap sends it.
+#: ``ranges``: the message may carry ``offset`` (where the bytes start, default 0)
+#: and ``count`` (how many, default: to the end of the file), as proposed for the
+#: ASGI spec (asgiref PR #538); a file holding fewer than *count* bytes from
+#: *offset* fails the response.  ``more_body``: fastwrap's extension field, as
+#: on ``http.response.body``; ``True`` leaves the response open for more
+#: messages (the parts of a ``multipart/byteranges`` body), default ``False``.
+PATHSEND_EXTENSION: Dict[str, Any] = {"ranges": True, "more_body": True}
 
 #: The piece a file is read in where it cannot leave zero-copy (TLS, or a
 #: pipe of unknown length in a chunked response).
@@ -59,16 +77,25 @@ class FileSource:
     def __init__(self, message: Dict[str, Any]) -> None:
         self._restore: Optional[int] = None
         self._owned = False
-        if message["type"] == PATHSEND:
+        #: Whether the file must hold all of *count* (a pathsend's count, as a
+        #: Range answer announced it), rather than *count* being a cap.
+        self.strict = False
+        kind = message["type"]
+        if kind == PATHSEND:
+            # The fields first: a message that cannot be right opens nothing.
+            start = _optional_int(message, "offset") or 0
+            self.count: Optional[int] = _optional_int(message, "count")
+            self.final = not _optional_bool(message, "more_body")
+            self.strict = self.count is not None
             self.file, size = open_path(message.get("path"))
             self._owned = True
-            self.available: Optional[int] = size
-            self.count: Optional[int] = None
-            self.final = True
+            if start:
+                self.file.seek(start)
+            self.available: Optional[int] = max(0, size - start)
             return
         self.file = self._open_zerocopy(message)
         self.count = _optional_int(message, "count")
-        self.final = not message.get("more_body", False)
+        self.final = not message.get("more_body", False)  # as it always was taken
         offset = _optional_int(message, "offset")
         if offset is not None:
             # sendfile(2) with an offset pointer leaves the file position alone.
@@ -122,8 +149,45 @@ def _optional_int(message: Dict[str, Any], key: str) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RuntimeError(f"{ZEROCOPYSEND} '{key}' must be an int >= 0, got {value!r}")
+        raise RuntimeError(f"{message['type']} '{key}' must be an int >= 0, got {value!r}")
     return int(value)
+
+
+def _optional_bool(message: Dict[str, Any], key: str) -> bool:
+    value = message.get(key, False)
+    if not isinstance(value, bool):
+        raise RuntimeError(f"{message['type']} '{key}' must be True or False, got {value!r}")
+    return value
+
+
+def advertise(scope: Dict[str, Any]) -> None:
+    """Put the file extensions fastwrap sends into *scope*'s ``extensions``."""
+    extensions = scope.get("extensions")
+    if extensions is None:
+        extensions = scope["extensions"] = {}
+    extensions[PATHSEND] = dict(PATHSEND_EXTENSION)  # a copy each: an app may change its own
+    extensions[ZEROCOPYSEND] = {}
+
+
+async def send_file(message: Dict[str, Any],
+                    send_source: Callable[["FileSource"], Awaitable[None]],
+                    fail: Callable[[], Awaitable[None]]) -> None:
+    """Send the file *message* names with *send_source*, and let go of it.
+
+    A message that names nothing that can be sent (a missing path, a bad
+    field) has the server *fail* the response (its 500 while the head is
+    held, else the connection closed) and the error raised, for the
+    server to log as an application's error.
+    """
+    try:
+        source = FileSource(message)
+    except Exception:
+        await fail()
+        raise
+    try:
+        await send_source(source)
+    finally:
+        source.close()
 
 
 def open_path(path: Any) -> Tuple[Any, int]:
@@ -181,12 +245,14 @@ class Portion:
     in a response of no fixed length: it can only be copied).
     """
 
-    __slots__ = ("allowance", "exact", "final", "n")
+    __slots__ = ("allowance", "exact", "final", "n", "required")
 
     def __init__(self, source: FileSource, allowance: Optional[int]) -> None:
         wanted = source.wanted()
         self.allowance = allowance
         self.final = source.final
+        #: The bytes the message itself insists on (a pathsend's count), or None.
+        self.required = source.count if source.strict else None
         if allowance is None:
             self.n, self.exact = wanted, wanted is not None
         elif wanted is None:
@@ -196,13 +262,28 @@ class Portion:
 
     @property
     def unfillable(self) -> bool:
-        """Known before its first byte: the file holds less than the response still announces.
+        """Known before its first byte: the file holds less than the response still needs.
 
-        (It shrank since the application took its length.)  Such a response
-        can only be answered with an error, or cut short.
+        (It shrank since the application took its length, or a pathsend's
+        count reaches past its end.)  Such a response can only be answered
+        with an error, or cut short.
         """
-        return (self.final and self.allowance is not None and self.n is not None
-                and self.n < self.allowance)
+        return self._short_of_count() or (self.final and self.allowance is not None
+                                          and self.n is not None and self.n < self.allowance)
+
+    def _short_of_count(self) -> bool:
+        """Whether the file holds less than the pathsend's count (within the allowance)."""
+        if self.required is None or self.n is None:
+            return False
+        needed = self.required if self.allowance is None else min(self.required, self.allowance)
+        return self.n < needed
+
+    def unfillable_reason(self) -> str:
+        """Why the portion is unfillable, in the words a server logs."""
+        if self._short_of_count():
+            return f"the file holds {self.n} bytes of the {self.required} the pathsend counts"
+        return (f"the file holds {self.n} bytes of the {self.allowance} the response "
+                "still announces")
 
     def short(self, sent: int) -> Optional[int]:
         """The byte count *sent* fell short of, or None: the response may go on or end."""
@@ -242,6 +323,15 @@ def _uses(code: types.CodeType, name: str) -> bool:
     """Whether *code*, or a function defined inside it, reads the global *name*."""
     return name in code.co_names or any(
         _uses(const, name) for const in code.co_consts if isinstance(const, types.CodeType))
+
+
+def refers_to(function: Callable[..., Any], name: str) -> bool:
+    """Whether third-party *function* (or one defined inside it) uses *name*, global or attribute.
+
+    How an integration checks, before taking something over, that a
+    version of a server or framework still works the way it was written for.
+    """
+    return _uses(function.__code__, name)
 
 
 def rebind(function: _F, name: str, value: Any, owner: str) -> _F:

@@ -21,6 +21,10 @@ asyncio or uvloop worker, each request's scope advertises, in
     once after ``http.response.start``.  Starlette's and FastAPI's
     ``FileResponse`` send it whenever a server advertises it; a relative
     path is taken in the working directory.  Only a regular file is opened.
+    Advertised as ``{"ranges": True, "more_body": True}``: ``offset``,
+    ``count`` and ``more_body`` as :data:`fastwrap.asgi.PATHSEND_EXTENSION`
+    says; importing this module has Starlette's ``FileResponse`` answer
+    ``Range`` requests with them (:mod:`fastwrap.starlette`).
 
 ``http.response.zerocopysend``
     ``{"type": "http.response.zerocopysend", "file": f, "offset": o,
@@ -63,6 +67,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Literal, Optional, cast
 
 import fastwrap.asyncio
+import fastwrap.starlette
 from fastwrap import asgi
 from fastwrap._optional import reraise
 
@@ -87,6 +92,9 @@ except ModuleNotFoundError as exc:
     raise reraise(exc, "fastwrap.hypercorn", "hypercorn", _INSTALL) from None
 
 __all__ = ["asyncio_worker", "main", "run", "serve", "uvloop_worker"]
+
+# Starlette's Range answers by pathsend with offset and count, where its version is known.
+fastwrap.starlette.install()
 
 
 # -- the events that carry a file -------------------------------------------------------
@@ -144,8 +152,7 @@ class HTTPStream(_HTTPStream):
 
     async def _advertising_app(self, scope: Dict[str, Any], *args: Any) -> None:
         if self._fw_on and scope["type"] == "http":
-            scope["extensions"][asgi.PATHSEND] = {}
-            scope["extensions"][asgi.ZEROCOPYSEND] = {}
+            asgi.advertise(scope)
         await self._fw_app(scope, *args)
 
     async def app_send(self, message: Optional[Dict[str, Any]]) -> None:  # type: ignore[override]
@@ -161,7 +168,7 @@ class HTTPStream(_HTTPStream):
             self._hold_head(message)
         elif kind in asgi.FILE_MESSAGES and self.state == ASGIHTTPState.RESPONSE:
             if not self.closed:  # after a disconnect, quietly nothing, as for a body
-                await self._send_file(message)
+                await asgi.send_file(message, self._send_source, self._fail)
         else:
             await self._release_head()
             if kind == "http.response.body" and self.state == ASGIHTTPState.RESPONSE:
@@ -195,17 +202,6 @@ class HTTPStream(_HTTPStream):
 
     # -- the file ------------------------------------------------------------------------
 
-    async def _send_file(self, message: Dict[str, Any]) -> None:
-        try:
-            source = asgi.FileSource(message)
-        except Exception:
-            await self._fail()  # the application named nothing that can be sent
-            raise
-        try:
-            await self._send_source(source)
-        finally:
-            source.close()
-
     async def _send_source(self, source: asgi.FileSource) -> None:
         start = self.response
         portion = asgi.Portion(source, asgi.allowance(
@@ -216,8 +212,7 @@ class HTTPStream(_HTTPStream):
             # Known before the first byte of it leaves: the file shrank since
             # the application took its length.
             await self.config.log.warning(
-                "fastwrap: the file holds %d bytes of the %d the response still announces; %s",
-                n, portion.allowance,
+                "fastwrap: %s; %s", portion.unfillable_reason(),
                 "answering 500" if self._fw_head is not None else "closing the connection")
             await self._fail()
             return

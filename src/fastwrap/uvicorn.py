@@ -13,12 +13,18 @@ the server a file instead of its bytes:
 
 ``http.response.pathsend``
     ``{"type": "http.response.pathsend", "path": "/absolute/path"}``, sent
-    once after ``http.response.start``; the response is complete after it.
+    after ``http.response.start``; the response is complete after it.
     Starlette's and FastAPI's ``FileResponse`` send it whenever a server
     advertises it, so their users need to change nothing; a relative path
     (``FileResponse("big.iso")``) is taken in the working directory, as the
     application took it.  Only a regular file is opened (never a FIFO, whose
-    opening would wait for a writer, nor a device).
+    opening would wait for a writer, nor a device).  Advertised as
+    ``{"ranges": True, "more_body": True}``: the message may also carry
+    ``offset`` and ``count`` (a byte range), and ``"more_body": True`` to
+    leave the response open (see :data:`fastwrap.asgi.PATHSEND_EXTENSION`).
+    Importing this module has Starlette's ``FileResponse`` answer ``Range``
+    requests with them (:mod:`fastwrap.starlette`), where its version is a
+    known one.
 
 ``http.response.zerocopysend``
     ``{"type": "http.response.zerocopysend", "file": f, "offset": o,
@@ -88,6 +94,7 @@ from typing import Any, Callable, Coroutine, Dict, Optional, Set, Tuple
 
 import fastwrap
 import fastwrap.asyncio
+import fastwrap.starlette
 from fastwrap import asgi
 from fastwrap._optional import missing, reraise
 
@@ -107,6 +114,9 @@ except ImportError:  # httptools is optional in uvicorn
 import h11
 
 __all__ = ["H11Protocol", "HttpToolsProtocol", "UvicornWorker"]
+
+#: Why Starlette's Range answers stay Starlette's own, or None: they go zero-copy.
+_STARLETTE = fastwrap.starlette.install()
 
 PATHSEND = asgi.PATHSEND
 ZEROCOPYSEND = asgi.ZEROCOPYSEND
@@ -145,6 +155,8 @@ def _announce(logger: logging.Logger, path: str, message: str) -> None:
     if path not in _announced:
         _announced.add(path)
         logger.debug("fastwrap: " + message, PATHSEND, ZEROCOPYSEND)
+        logger.debug("fastwrap: Starlette's Range answers: %s",
+                     _STARLETTE or "by pathsend with offset and count")
 
 
 # -- the transport the cycle writes to ----------------------------------------------------
@@ -272,11 +284,7 @@ class _FileCycle:
         self._fw_path = _choose_path(self.transport, self.scope, self.logger)
         if self._fw_path is None:
             return
-        extensions = self.scope.get("extensions")
-        if extensions is None:
-            extensions = self.scope["extensions"] = {}
-        extensions[PATHSEND] = {}
-        extensions[ZEROCOPYSEND] = {}
+        asgi.advertise(self.scope)
         self.transport = _HeadHolder(self.transport)
 
     async def _uvicorn_send(self, message: Any) -> None:
@@ -291,7 +299,7 @@ class _FileCycle:
             if self.flow.write_paused and not self.disconnected:
                 await self.flow.drain()
             if not self.disconnected:
-                await self._send_file(message)
+                await asgi.send_file(message, self._send_source, self._fail)
         elif kind == "http.response.start" and not self.response_started:
             await self._start(message)
         else:
@@ -331,25 +339,13 @@ class _FileCycle:
 
     # -- sending -----------------------------------------------------------------------
 
-    async def _send_file(self, message: Dict[str, Any]) -> None:
-        try:
-            source = asgi.FileSource(message)
-        except Exception:
-            await self._fail()  # the application named nothing that can be sent
-            raise
-        try:
-            await self._send_source(source)
-        finally:
-            source.close()
-
     async def _send_source(self, source: asgi.FileSource) -> None:
         portion = asgi.Portion(source, self._allowance())
         n = portion.n
         if portion.unfillable:
             # Known before the first byte of it leaves: the file shrank since
             # the application took its length, and the response cannot be completed.
-            self.logger.warning("fastwrap: the file holds %d bytes of the %d the response "
-                                "still announces; %s", n, portion.allowance,
+            self.logger.warning("fastwrap: %s; %s", portion.unfillable_reason(),
                                 "answering 500" if self._head_held() else "closing the connection")
             await self._fail()
             return
@@ -460,9 +456,14 @@ class H11Cycle(_FileCycle, h11_impl.RequestResponseCycle):
     def _rewind(self) -> None:
         # h11 takes no response back: a connection of its own, that has read
         # a request with the same method and version, renders the next one.
+        # The request's Connection headers too: h11 renders a client's "close"
+        # into the response otherwise than its own.
+        connection = b"".join(b"Connection: %s\r\n" % value
+                              for name, value in self.scope["headers"]
+                              if name.lower() == b"connection")
         conn = h11.Connection(h11.SERVER)
-        conn.receive_data(b"%s / HTTP/1.1\r\nHost: fastwrap\r\n\r\n"
-                          % self.scope["method"].encode("ascii"))
+        conn.receive_data(b"%s / HTTP/1.1\r\nHost: fastwrap\r\n%s\r\n"
+                          % (self.scope["method"].encode("ascii"), connection))
         conn.next_event()
         self.conn = conn
         self.response_started = False
