@@ -1,0 +1,1 @@
+"""fastwrap's own HTTP server, behind ``fastwrap serve``."""
