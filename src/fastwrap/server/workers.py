@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 
 __all__ = ["REUSE_PORT", "bind", "cpu_count", "supervise"]
 
@@ -170,7 +170,7 @@ class _Supervisor:
 
     # -- the workers' side -----------------------------------------------------------------
 
-    def _worker(self, mask: "set[signal.Signals]") -> None:
+    def _worker(self, mask: "Set[Union[int, signal.Signals]]") -> None:
         """In a freshly forked worker: listen, say so, serve, and never return."""
         status = 1
         try:
@@ -236,7 +236,8 @@ class _Supervisor:
             self._kill_all()
             signal.set_wakeup_fd(previous_wakeup)
             for number, handler in previous.items():
-                signal.signal(number, handler)  # type: ignore[arg-type]
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(number, handler)
             for fd in (self.ready_r, self.ready_w, self.lifeline_r, self.lifeline_w,
                        self.wakeup_r, self.wakeup_w):
                 os.close(fd)
