@@ -60,6 +60,19 @@ def info() -> str:
     return "\n".join(lines)
 
 
+def _workers(text: str) -> int:
+    """An argparse type: ``--workers``, a whole number from 1 or ``auto`` (one per CPU)."""
+    from . import _bench
+    from .server import workers
+    if text.strip() == "auto":
+        return workers.cpu_count()
+    try:
+        return _bench.whole_number("--workers")(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"--workers must be a whole number from 1, or auto, got {text!r}") from None
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser, and each command's own (for its usage in errors)."""
     from . import _bench
@@ -85,6 +98,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                        help="port to listen on (default: 8000; 0 picks a free one)")
     serve.add_argument("--threads", "-t", type=_bench.whole_number("--threads"), default=16,
                        metavar="N", help="connections served at once (default: 16)")
+    serve.add_argument("--workers", "-w", type=_workers, default=1, metavar="N|auto",
+                       help="processes serving the port, spread over the cores by the kernel "
+                            "(default: 1; auto: one per CPU); a worker that dies is replaced")
     serve.add_argument("--follow-symlinks", action="store_true",
                        help="serve files whose symbolic links lead out of the directory")
     serve.add_argument("--quiet", "-q", action="store_true", help="no access log")
