@@ -25,25 +25,22 @@ from fastwrap.server import workers
 from fastwrap.static import StaticFiles
 
 
-class _OnSocket(wsgiref.Server):
-    """fastwrap's threaded server on a socket bound and listening already."""
+class StandIn(wsgiref.Server):
+    """fastwrap's threaded server on a socket bound and listening already,
+    with the ``run(sock)`` and ``stop()`` the supervisor expects."""
 
-    def __init__(self, sock: socket.socket, app: Any) -> None:
-        self._given = sock
+    def __init__(self, root: str, grace: float) -> None:
+        self.grace = grace
         self.busy = 0
         self.busy_lock = threading.Lock()
-        super().__init__(sock.getsockname()[:2], wsgiref.RequestHandler, 16)
-        self.set_app(app)
-
-    def server_bind(self) -> None:
-        self.socket.close()
-        self.socket = self._given
-        self.server_address = self.socket.getsockname()
-        self.server_name, self.server_port = self.server_address[0], self.server_address[1]
-        self.setup_environ()
+        self.stopping = threading.Event()
+        # Bound to port 0 and never listening: run() puts the worker's socket in its place.
+        super().__init__(("127.0.0.1", 0), wsgiref.RequestHandler, 16)
+        self.set_app(StaticFiles(root))
+        self.timeout = 0.05  # how often handle_request() looks at self.stopping
 
     def server_activate(self) -> None:
-        pass  # listening already
+        pass
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         with self.busy_lock:
@@ -54,29 +51,33 @@ class _OnSocket(wsgiref.Server):
             with self.busy_lock:
                 self.busy -= 1
 
+    def stop(self) -> None:
+        self.stopping.set()
 
-def serve_one(root: str, grace: float) -> Any:
-    def serve(sock: socket.socket) -> None:
-        server = _OnSocket(sock, StaticFiles(root))
-        stopping = []
+    def run(self, sock: socket.socket) -> None:
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.server_port = self.server_address[1]
+        self.setup_environ()
+
+        signalled = []  # signals, apart from stop() calls: the second SIGINT means at once
 
         def on_signal(number: int, frame: Any) -> None:
-            if stopping:
-                if number == signal.SIGINT:
-                    os._exit(1)
-                return
-            stopping.append(number)
-            threading.Thread(target=server.shutdown).start()
+            if signalled and number == signal.SIGINT:
+                os._exit(1)
+            signalled.append(number)
+            self.stop()
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        server.serve_forever()
-        server.socket.close()  # accept no more
-        deadline = time.monotonic() + grace
-        while server.busy and time.monotonic() < deadline:
+        while not self.stopping.is_set():
+            self.handle_request()
+        self.socket.close()  # accept no more
+        deadline = time.monotonic() + self.grace
+        while self.busy and time.monotonic() < deadline:
             time.sleep(0.02)
-        server.server_close()
-    return serve
+        self.server_close()
 
 
 def main() -> int:
@@ -85,9 +86,9 @@ def main() -> int:
     def announce(address: Any) -> None:
         print(f"Serving {os.path.realpath(root)} at http://{address[0]}:{address[1]}/ "
               f"(fastwrap {fastwrap.__version__}, {fastwrap.IMPLEMENTATION} engine, "
-              f"16 threads, {count} workers)", file=sys.stderr, flush=True)
+              f"standin loop, 16 threads, {count} workers)", file=sys.stderr, flush=True)
 
-    return workers.supervise(serve_one(root, grace), "127.0.0.1", 0, count, grace,
+    return workers.supervise(lambda: StandIn(root, grace), "127.0.0.1", 0, count, grace,
                              announce=announce)
 
 

@@ -29,8 +29,8 @@ from _support import HANG, SRC, python_m
 
 SERVING = re.compile(
     r"^Serving (?P<root>.+) at http://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)/ "
-    r"\(fastwrap (?P<version>\S+), (?P<engine>\w+) engine, (?P<threads>\d+) threads"
-    r"(?:, (?P<workers>\d+) workers)?\)$")
+    r"\(fastwrap (?P<version>\S+), (?P<engine>\w+) engine, (?P<loop>\w+) loop, "
+    r"(?P<threads>\d+) threads(?:, (?P<workers>\d+) workers)?\)$")
 #: One access-log line: client, date, request line, status, body bytes sent, path.
 ACCESS = re.compile(
     r'^(?P<client>\S+) - - \[(?P<date>[^\]]+)\] "(?P<request>[^"]*)" '

@@ -233,7 +233,7 @@ def test_stop_finishes_a_slow_download_byte_exact_then_exits_0(engine, root, lau
                 time.sleep(0.02)
             assert server.server.proc.poll() is None  # it waits for the download
             rest = stream.read()
-        assert first + rest == BIG
+        assert first + rest == BIG, (len(first + rest), server.server.lines[-5:])
         assert server.server.proc.wait(HANG) == 0
         _wait_gone(workers)
     finally:

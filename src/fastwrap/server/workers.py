@@ -12,16 +12,18 @@ connection is ever queued where nobody accepts, and the port stays ours while
 a worker is being replaced.  Elsewhere the parent listens and the workers all
 accept on that one shared socket.
 
-Stopping: SIGTERM, or Ctrl-C (which the terminal sends to the whole process
-group, workers included), makes the parent ask every worker for a graceful
-stop (SIGTERM) and wait for them; a worker stops accepting, finishes the
-responses in flight within the grace period and exits.  A second Ctrl-C
-makes the parent kill the workers and exit at once.  A worker that dies
-while serving is replaced; one that keeps dying as it starts is given up on
-after a few tries, with a one-line error.  Each worker holds the read end of
-a pipe whose write end only the parent has: when the parent dies, even of
-SIGKILL, the pipe reaches end of file and the worker stops gracefully, so no
-worker outlives its parent for longer than the grace period.
+Stopping: every worker holds the read end of a pipe whose write end only
+the parent has, and begins a graceful stop (``stop()``: no more accepting,
+the responses in flight finish within the grace period) when the pipe
+reaches end of file.  The parent closes it on SIGTERM or Ctrl-C and waits
+for the workers; when the parent dies, even of SIGKILL, the kernel closes
+it, so no worker outlives its parent by more than the grace period.  The
+stop is not passed on as a signal: Ctrl-C at a terminal reaches the whole
+process group, workers included, and a relayed signal would be a worker's
+second, the one that means "at once".  A second Ctrl-C makes the parent
+kill the workers and exit at once.  A worker that dies while serving is
+replaced; one that keeps dying as it starts is given up on after a few
+tries, with a one-line error.
 """
 from __future__ import annotations
 
@@ -33,9 +35,11 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Protocol, Set, Tuple, Union
 
-__all__ = ["REUSE_PORT", "bind", "cpu_count", "supervise"]
+from .config import Config
+
+__all__ = ["REUSE_PORT", "bind", "cpu_count", "run", "supervise"]
 
 #: Whether each worker gets a listener of its own (``SO_REUSEPORT``, Linux's
 #: load-balancing kind; the BSDs' option of that name does not spread
@@ -114,8 +118,18 @@ def _listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _watch_parent(lifeline: int) -> None:
-    """In a worker: begin a graceful stop when the parent has gone."""
+class Serving(Protocol):
+    """What a worker runs: a server with ``run(sock)`` and a thread-safe ``stop()``."""
+
+    def run(self, sock: socket.socket) -> None:
+        """Serve on the listening *sock* until stopped."""
+
+    def stop(self) -> None:
+        """Begin a graceful stop; safe from any thread, before or during run()."""
+
+
+def _watch_parent(lifeline: int, server: Serving) -> None:
+    """In a worker: stop *server* gracefully when the parent closes the pipe, or dies."""
     while True:
         try:
             if not os.read(lifeline, 1):
@@ -124,7 +138,7 @@ def _watch_parent(lifeline: int) -> None:
             continue
         except OSError:
             break
-    os.kill(os.getpid(), signal.SIGTERM)
+    server.stop()
 
 
 def _describe(status: int) -> str:
@@ -143,10 +157,10 @@ _HANDLED = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD} if os.name == "posix"
 class _Supervisor:
     """The parent's side: the workers, their replacement and the stop."""
 
-    def __init__(self, serve: Callable[[socket.socket], None], sock: socket.socket,
+    def __init__(self, new_server: Callable[[], Serving], sock: socket.socket,
                  workers: int, grace: float, announce: Callable[[], None],
                  say: Callable[[str], None]) -> None:
-        self.serve = serve
+        self.new_server = new_server
         self.sock = sock
         self.count = workers
         self.grace = grace
@@ -187,11 +201,12 @@ class _Supervisor:
                 self.sock.close()  # the parent's, which must not outlive it in a worker
             else:
                 sock = self.sock
-            threading.Thread(target=_watch_parent, args=(self.lifeline_r,),
+            server = self.new_server()
+            threading.Thread(target=_watch_parent, args=(self.lifeline_r, server),
                              name="fastwrap-parent-watch", daemon=True).start()
             os.write(self.ready_w, b".")
             os.close(self.ready_w)
-            self.serve(sock)
+            server.run(sock)
             status = 0
         except KeyboardInterrupt:
             status = 0  # stopped before the server had installed its own handlers
@@ -240,7 +255,8 @@ class _Supervisor:
                     signal.signal(number, handler)
             for fd in (self.ready_r, self.ready_w, self.lifeline_r, self.lifeline_w,
                        self.wakeup_r, self.wakeup_w):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
 
     def _loop(self) -> int:
         while True:
@@ -326,7 +342,12 @@ class _Supervisor:
         self.stopping = True
         self.deadline = time.monotonic() + self.grace + STOP_MARGIN
         self.say(f"Stopping: responses in flight have {self.grace:g} s to finish.")
-        self._signal_all(signal.SIGTERM)
+        if not REUSE_PORT:
+            # The workers' shared listener: with the parent's copy open, it would
+            # still take connections into its backlog once every worker stopped.
+            self.sock.close()
+        os.close(self.lifeline_w)  # every worker's stop()
+        self.lifeline_w = -1
 
     def _signal_all(self, number: int) -> None:
         for pid in list(self.workers):
@@ -345,18 +366,19 @@ class _Supervisor:
             self.workers.pop(pid, None)
 
 
-def supervise(serve: Callable[[socket.socket], None], host: str, port: int, workers: int,
+def supervise(new_server: Callable[[], Serving], host: str, port: int, workers: int,
               grace: float, *, announce: Callable[[Tuple[str, int]], None],
               say: Optional[Callable[[str], None]] = None) -> int:
     """Serve *host*:*port* with *workers* forked processes; the exit status when they stop.
 
-    *serve* runs in each worker, given a listening socket, and returns when
-    the worker has stopped (a first SIGINT or SIGTERM asks it to stop
-    gracefully within *grace* seconds, a second SIGINT at once).  The port is
-    bound here first: its ``OSError`` is raised before any worker starts.
-    *announce* is called with the address once every worker listens; *say*
-    (by default a line on stderr) reports a worker replaced and the stop.
-    Returns 0 after a clean stop.
+    Each worker calls *new_server* and runs the server on a listening
+    socket.  Its ``stop()`` must finish the responses in flight within
+    *grace* seconds; in the main thread, its own handlers should treat a
+    first SIGINT or SIGTERM as ``stop()`` and a second SIGINT as "at once".
+    The port is bound here first: its ``OSError`` is raised before any worker
+    starts.  *announce* is called with the address once every worker
+    listens; *say* (by default a line on stderr) reports a worker replaced
+    and the stop.  Returns 0 after a clean stop.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -368,11 +390,38 @@ def supervise(serve: Callable[[socket.socket], None], host: str, port: int, work
     sock = _claim(host, port)
     try:
         address = sock.getsockname()[:2]
-        supervisor = _Supervisor(serve, sock, workers, grace, lambda: announce(address),
+        supervisor = _Supervisor(new_server, sock, workers, grace, lambda: announce(address),
                                  say or _say)
         return supervisor.run()
     finally:
         sock.close()
+
+
+def run(config: Config, host: str, port: int, workers: int = 1, *,
+        announce: Optional[Callable[[Tuple[str, int]], None]] = None) -> int:
+    """Serve *config* on *host*:*port* with *workers* processes until stopped.
+
+    One worker serves in this process; more are forked (see the module).
+    The port is bound first, and its ``OSError`` raised before anything
+    else.  *announce* is called with the address once it is served.  Returns
+    the exit status: 0 after a clean stop.
+    """
+    from .core import Server
+
+    def new_server() -> Server:
+        return Server(config)
+
+    def nothing(address: Tuple[str, int]) -> None:
+        pass
+
+    if workers > 1:
+        return supervise(new_server, host, port, workers, config.grace,
+                         announce=announce or nothing)
+    with bind(host, port) as sock:
+        sock.listen(BACKLOG)
+        (announce or nothing)(sock.getsockname()[:2])
+        new_server().run(sock)
+    return 0
 
 
 def _say(line: str) -> None:
