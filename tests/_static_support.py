@@ -29,7 +29,8 @@ from _support import HANG, SRC, python_m
 
 SERVING = re.compile(
     r"^Serving (?P<root>.+) at http://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)/ "
-    r"\(fastwrap (?P<version>\S+), (?P<engine>\w+) engine, (?P<threads>\d+) threads\)$")
+    r"\(fastwrap (?P<version>\S+), (?P<engine>\w+) engine, (?P<loop>\w+) loop, "
+    r"(?P<threads>\d+) threads(?:, (?P<workers>\d+) workers)?\)$")
 #: One access-log line: client, date, request line, status, body bytes sent, path.
 ACCESS = re.compile(
     r'^(?P<client>\S+) - - \[(?P<date>[^\]]+)\] "(?P<request>[^"]*)" '
@@ -59,18 +60,24 @@ class ServeProcess:
     """``python -m fastwrap serve`` in a child process, its stderr collected line by line."""
 
     def __init__(self, engine: Any, directory: Optional[Path], *options: str,
-                 cwd: Optional[Path] = None, bind: str = "127.0.0.1") -> None:
+                 cwd: Optional[Path] = None, bind: str = "127.0.0.1",
+                 command: Optional[List[str]] = None, new_session: bool = False) -> None:
+        """*command*, when given, runs instead of ``fastwrap serve`` (a stand-in that
+        prints the same lines); *new_session* puts it in a process group of its own."""
         self.engine = engine
         argv = python_m("fastwrap", "serve")  # stop() interrupts it
         if directory is not None:
             argv.append(str(directory))
         argv += ["--bind", bind, "--port", "0", *options]
+        if command is not None:
+            argv = command
         self.lines: List[str] = []
         self._cond = threading.Condition()
         self._eof = False
         self.proc = subprocess.Popen(argv, env=engine_env(engine), cwd=cwd or directory,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
+                                     stderr=subprocess.PIPE, text=True, errors="replace",
+                                     start_new_session=new_session)
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
         try:

@@ -8,7 +8,7 @@ import platform
 import signal
 import socket
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 import fastwrap
 from fastwrap import _paths
@@ -60,6 +60,19 @@ def info() -> str:
     return "\n".join(lines)
 
 
+def _workers(text: str) -> int:
+    """An argparse type: ``--workers``, a whole number from 1 or ``auto`` (one per CPU)."""
+    from . import _bench
+    from .server import workers
+    if text.strip() == "auto":
+        return workers.cpu_count()
+    try:
+        return _bench.whole_number("--workers")(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"--workers must be a whole number from 1, or auto, got {text!r}") from None
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser, and each command's own (for its usage in errors)."""
     from . import _bench
@@ -71,9 +84,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     serve = commands.add_parser(
         "serve", help="serve a directory over HTTP, every file through fastwrap",
-        description="A static file server (a WSGI app, fastwrap.static.StaticFiles, "
-                    "on fastwrap's threaded HTTP/1.1 server). Unlike python -m http.server, "
-                    "whose argument is a port, its argument is the directory: the port is -p.")
+        description="A static file server (the rules of fastwrap.static.StaticFiles, on "
+                    "fastwrap's event-loop HTTP/1.1 server, uvloop when installed). Unlike "
+                    "python -m http.server, whose argument is a port, its argument is the "
+                    "directory: the port is -p.")
     serve.add_argument("directory", nargs="?", metavar="DIR",
                        help="the directory to serve (default: the current one)")
     serve.add_argument("--directory", "-d", dest="directory_option", metavar="DIR",
@@ -84,7 +98,31 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                        default=8000, metavar="N",
                        help="port to listen on (default: 8000; 0 picks a free one)")
     serve.add_argument("--threads", "-t", type=_bench.whole_number("--threads"), default=16,
-                       metavar="N", help="connections served at once (default: 16)")
+                       metavar="N", help="threads reading the parts of files not in the page "
+                                         "cache, so that serving never waits for the disk; "
+                                         "connections do not take one (default: 16)")
+    serve.add_argument("--workers", "-w", type=_workers, default=1, metavar="N|auto",
+                       help="processes serving the port, spread over the cores by the kernel "
+                            "(default: 1; auto: one per CPU); a worker that dies is replaced")
+    serve.add_argument("--max-connections", type=_bench.whole_number("--max-connections"),
+                       default=4096, metavar="N",
+                       help="connections served at once; more wait in the listen backlog "
+                            "(default: 4096)")
+    serve.add_argument("--head-timeout", type=_seconds("--head-timeout"), default=10.0,
+                       metavar="S", help="seconds to receive a request head (default: 10)")
+    serve.add_argument("--idle-timeout", type=_seconds("--idle-timeout"), default=30.0,
+                       metavar="S", help="seconds a keep-alive connection may idle (default: 30)")
+    serve.add_argument("--send-timeout", type=_seconds("--send-timeout"), default=60.0,
+                       metavar="S", help="seconds a response may make no progress before "
+                                         "its connection is closed (default: 60)")
+    serve.add_argument("--max-head", type=_bench.whole_number("--max-head", 64), default=65536,
+                       metavar="BYTES", help="largest request head: 431 beyond, 414 for a "
+                                             "request line alone (default: 65536)")
+    serve.add_argument("--grace", type=_seconds("--grace", zero=True), default=10.0, metavar="S",
+                       help="on SIGTERM or Ctrl-C, seconds the responses in flight have to "
+                            "finish; a second Ctrl-C stops at once (default: 10)")
+    serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                       help="the event loop (default: uvloop when installed)")
     serve.add_argument("--follow-symlinks", action="store_true",
                        help="serve files whose symbolic links lead out of the directory")
     serve.add_argument("--quiet", "-q", action="store_true", help="no access log")
@@ -94,6 +132,21 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_arguments(bench)
     return parser, {"info": info_parser, "serve": serve, "bench": bench}
+
+
+def _seconds(option: str, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, more than 0 (or 0 itself if *zero*)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a number of seconds, got {text!r}") from None
+        if not (value > 0 or (zero and value == 0)) or value == float("inf"):
+            least = "0 or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"{option} must be {least} seconds, got {text}")
+        return value
+    return parse
 
 
 def _directory_problem(directory: str) -> Optional[str]:
@@ -129,14 +182,20 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if problem:
         print(f"fastwrap serve: {problem}", file=sys.stderr)
         return 1
+    if args.workers > 1 and not hasattr(os, "fork"):
+        parser.error(f"--workers {args.workers} needs fork(), which {sys.platform} lacks: "
+                     "give --workers 1")
     from . import static
     try:
-        static.serve(directory, args.bind, args.port, args.threads,
-                     follow_symlinks=args.follow_symlinks, quiet=args.quiet)
+        return static.serve(directory, args.bind, args.port, args.threads,
+                            follow_symlinks=args.follow_symlinks, quiet=args.quiet,
+                            workers=args.workers, max_connections=args.max_connections,
+                            head_timeout=args.head_timeout, idle_timeout=args.idle_timeout,
+                            send_timeout=args.send_timeout, max_head=args.max_head,
+                            grace=args.grace, loop=args.loop)
     except OSError as exc:  # port in use, address not ours (the directory was checked)
         print(f"fastwrap serve: {_bind_problem(exc, args.bind, args.port)}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _write_out(text: str) -> None:

@@ -8,7 +8,7 @@ RFC 9112 says a server must refuse instead of guessing.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -110,3 +110,88 @@ def check_host(headers: Headers, version: tuple[int, int]) -> None:
         raise BadRequest(400, f"{len(hosts)} Host header fields")
     if not hosts and version >= (1, 1):
         raise BadRequest(400, "an HTTP/1.1 request without a Host header field")
+
+
+#: Header fields a request head may hold (:func:`parse_head` answers 431 beyond).
+MAX_FIELDS = MAX_HEADERS
+
+_Head = Tuple[int, str, str, Tuple[int, int], List[Tuple[str, str]]]
+
+
+def parse_head(buffer: "bytes | bytearray", max_head: int) -> Optional[_Head]:
+    """The request head at the start of *buffer*, once it is all there.
+
+    Returns None while the head is incomplete, and else ``(consumed, method,
+    target, (major, minor), fields)``: *consumed* the bytes of the head (its
+    empty line and any empty lines before the request line included, which
+    RFC 9112 2.2 lets a server skip), *fields* ``(lowercased name, value)``
+    pairs in order, values stripped.  Raises :class:`BadRequest`: 414 for a
+    request line longer than *max_head*, 431 for a longer head or more than
+    :data:`MAX_FIELDS` fields, 505 for HTTP/2 and later, and 400 for what
+    ``http.server`` and RFC 9112 refuse (a request line that is not three
+    words, a malformed version or header line, obsolete line folding, no
+    Host in HTTP/1.1 or several Host fields).
+
+    The rules of :func:`read_headers`, :func:`check_host` and the request
+    line of fastwrap's wsgiref server, on a buffer an event loop fills: one
+    function, which a compiled parser can replace.
+    """
+    start = 0
+    size = len(buffer)
+    while start < size and buffer[start] in (10, 13):  # CR, LF
+        start += 1
+    line_end = buffer.find(b"\n", start)
+    if line_end < 0:
+        if size - start > max_head:
+            raise BadRequest(414, "the request line is too long")
+        return None
+    if line_end - start > max_head:
+        raise BadRequest(414, "the request line is too long")
+    ends = [i for i in (buffer.find(b"\n\n", line_end), buffer.find(b"\n\r\n", line_end))
+            if i >= 0]
+    if not ends:
+        if size - start > max_head:
+            raise BadRequest(431, "the request head is too large")
+        return None
+    end = min(ends)
+    consumed = end + (2 if buffer[end + 1] == 10 else 3)
+    if consumed - start > max_head:
+        raise BadRequest(431, "the request head is too large")
+    lines = bytes(buffer[start:end]).split(b"\n")
+    method, target, version = _request_line(lines[0])
+    if len(lines) - 1 > MAX_FIELDS:
+        raise BadRequest(431, f"more than {MAX_FIELDS} header fields")
+    fields: List[Tuple[str, str]] = []
+    hosts = 0
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise BadRequest(400, "obsolete line folding in the request head")
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.rstrip() or b" " in name or b"\t" in name:
+            raise BadRequest(400, f"a malformed header line: {line[:80]!r}")
+        key = name.decode("latin-1").lower()
+        if key == "host":
+            hosts += 1
+        fields.append((key, value.strip().decode("latin-1")))
+    if hosts > 1:
+        raise BadRequest(400, f"{hosts} Host header fields")
+    if not hosts and version >= (1, 1):
+        raise BadRequest(400, "an HTTP/1.1 request without a Host header field")
+    return consumed, method, target, version, fields
+
+
+def _request_line(raw: bytes) -> Tuple[str, str, Tuple[int, int]]:
+    line = raw.decode("latin-1").rstrip("\r")
+    words = line.split()
+    if len(words) != 3:
+        # No HTTP/0.9: a server this fast should not answer without headers.
+        raise BadRequest(400, f"Bad request syntax ({line!r})")
+    method, target, version = words
+    major, dot, minor = version[5:].partition(".")
+    if (not version.startswith("HTTP/") or not dot or not major.isdigit()
+            or not minor.isdigit() or len(major) > 10 or len(minor) > 10):
+        raise BadRequest(400, f"Bad request version ({version!r})")
+    number = (int(major), int(minor))
+    if number >= (2, 0):
+        raise BadRequest(505, f"Invalid HTTP version ({version[5:]})")
+    return method, target, number

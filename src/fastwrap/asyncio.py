@@ -64,7 +64,7 @@ from typing import Any, Callable, Optional, Tuple, TypeVar
 import fastwrap
 from fastwrap.serving import BACKOFF, RESIDENT_WINDOW, fetch_pool
 
-__all__ = ["read", "sendfile"]
+__all__ = ["drive", "read", "sendfile"]
 
 # Looked up at call time, so a test can point the helper at either engine.
 _Transmission = fastwrap.Transmission
@@ -242,26 +242,14 @@ async def _send(loop: asyncio.AbstractEventLoop, sock: Any, source: Any, count: 
                 # The transport writes whenever the socket is writable; so do we wake.
                 await _ready(loop, fd, writing=True)
                 _check_open(transport)
-        while not tx.done:
-            try:
-                tx.send()
-            except BlockingIOError:
-                pass
-            waiting = tx.waiting
-            if waiting is None:  # done, or more can go at once: let other tasks in first
-                if not tx.done:
-                    await asyncio.sleep(0)
-                continue
+
+        def before_wait() -> None:
+            nonlocal paused
             if transport is not None:
                 paused = paused or _pause(transport)
-            if waiting.event == "disk":
-                await _off_loop(loop, tx.fetch)
-            elif waiting.fd < 0:
-                await asyncio.sleep(BACKOFF)  # a source with nothing to poll
-            else:
-                await _ready(loop, waiting.fd, writing=waiting.event == "write")
-            if transport is not None:
-                _check_open(transport)
+
+        await _drive(loop, tx, before_wait,
+                     None if transport is None else lambda: _check_open(transport))
         sent: int = tx.sent
         return sent
     finally:
@@ -270,6 +258,51 @@ async def _send(loop: asyncio.AbstractEventLoop, sock: Any, source: Any, count: 
         tx.close()
         if paused and not transport.is_closing():
             transport.resume_reading()
+
+
+async def drive(transmission: Any, *,
+                loop: Optional[asyncio.AbstractEventLoop] = None) -> int:
+    """Drive *transmission* to its end on the loop; return the body bytes it sent.
+
+    For a server that owns its non-blocking sockets and steps a
+    ``Transmission(..., nowait=True)`` itself, and hands over only the ones
+    that must wait: between steps this waits, as :func:`sendfile` does, for
+    the socket to be writable, a pipe to have data, or a worker thread of
+    :func:`fastwrap.serving.fetch_pool` to read a cold window in.  The
+    caller keeps ownership: it closes the transmission, also when this
+    raises (``ConnectionError``) or is cancelled (a disk read in progress
+    has finished by then).
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    await _drive(loop, transmission, None, None)
+    sent: int = transmission.sent
+    return sent
+
+
+async def _drive(loop: asyncio.AbstractEventLoop, tx: Any,
+                 before_wait: Optional[Callable[[], None]],
+                 after_wait: Optional[Callable[[], None]]) -> None:
+    while not tx.done:
+        try:
+            tx.send()
+        except BlockingIOError:
+            pass
+        waiting = tx.waiting
+        if waiting is None:  # done, or more can go at once: let other tasks in first
+            if not tx.done:
+                await asyncio.sleep(0)
+            continue
+        if before_wait is not None:
+            before_wait()
+        if waiting.event == "disk":
+            await _off_loop(loop, tx.fetch)
+        elif waiting.fd < 0:
+            await asyncio.sleep(BACKOFF)  # a source with nothing to poll
+        else:
+            await _ready(loop, waiting.fd, writing=waiting.event == "write")
+        if after_wait is not None:
+            after_wait()
 
 
 def _pause(transport: Any) -> bool:

@@ -76,6 +76,7 @@ FETCH_THREADS = 4
 
 _fetchers: Optional[concurrent.futures.ThreadPoolExecutor] = None
 _fetchers_lock = threading.Lock()
+_fetch_threads = FETCH_THREADS
 
 
 def fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -89,8 +90,25 @@ def fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
     with _fetchers_lock:
         if _fetchers is None:
             _fetchers = concurrent.futures.ThreadPoolExecutor(
-                FETCH_THREADS, thread_name_prefix="fastwrap-fetch")
+                _fetch_threads, thread_name_prefix="fastwrap-fetch")
         return _fetchers
+
+
+def set_fetch_threads(threads: int) -> None:
+    """Size :func:`fetch_pool` to *threads* (default :data:`FETCH_THREADS`).
+
+    For a server whose cold files outnumber a few disks' worth of readers
+    (``fastwrap serve --threads``).  A pool already started is replaced;
+    what it was given still runs to its end.
+    """
+    global _fetchers, _fetch_threads
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    with _fetchers_lock:
+        _fetch_threads = threads
+        old, _fetchers = _fetchers, None
+    if old is not None:
+        old.shutdown(wait=False)
 
 
 def _forget_fetchers() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import html
+import http
 import mimetypes
 import os
 import stat
@@ -35,7 +36,8 @@ import fastwrap
 
 from ._paths import log
 
-__all__ = ["StaticFiles", "serve"]
+__all__ = ["Answer", "FileInfo", "Request", "StaticFiles", "content_type", "error_answer",
+           "file_answer", "file_headers", "reason", "serve"]
 
 _Environ = dict[str, Any]
 _StartResponse = Callable[..., Any]
@@ -60,12 +62,133 @@ class _Refusal(Exception):
         self.status = status
 
 
+class Request:
+    """What a static answer depends on, taken from any server's request.
+
+    *path* is the percent-decoded path as WSGI's ``PATH_INFO`` carries it (the
+    request's bytes as latin-1); *raw_path* the path part of the target as
+    sent, before decoding (``REQUEST_URI`` up to ``?``), where a
+    percent-encoded separator is still visible; *query* what follows ``?``.
+    The header values are those of the request, None when absent.
+    """
+
+    __slots__ = ("method", "path", "raw_path", "query", "if_none_match",
+                 "if_modified_since", "range", "if_range")
+
+    def __init__(self, method: str, path: str, raw_path: str = "", query: str = "", *,
+                 if_none_match: Optional[str] = None, if_modified_since: Optional[str] = None,
+                 range: Optional[str] = None, if_range: Optional[str] = None) -> None:
+        self.method = method
+        self.path = path
+        self.raw_path = raw_path
+        self.query = query
+        self.if_none_match = if_none_match
+        self.if_modified_since = if_modified_since
+        self.range = range
+        self.if_range = if_range
+
+    @classmethod
+    def from_environ(cls, environ: _Environ) -> "Request":
+        """The request of a WSGI *environ* (``REQUEST_URI`` or ``RAW_URI`` for the raw path)."""
+        raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").split("?", 1)[0]
+        return cls(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", ""), raw,
+                   environ.get("QUERY_STRING", ""),
+                   if_none_match=environ.get("HTTP_IF_NONE_MATCH"),
+                   if_modified_since=environ.get("HTTP_IF_MODIFIED_SINCE"),
+                   range=environ.get("HTTP_RANGE"), if_range=environ.get("HTTP_IF_RANGE"))
+
+    @classmethod
+    def from_target(cls, method: str, target: str, fields: "dict[str, str]") -> "Request":
+        """The request for *target* as sent, with *fields* (lowercase name: first value).
+
+        Decodes the path as wsgiref does for ``PATH_INFO``.
+        """
+        raw, _, query = target.partition("?")
+        return cls(method, urllib.parse.unquote(raw, "iso-8859-1"), raw, query,
+                   if_none_match=fields.get("if-none-match"),
+                   if_modified_since=fields.get("if-modified-since"),
+                   range=fields.get("range"), if_range=fields.get("if-range"))
+
+    @property
+    def conditional(self) -> bool:
+        """Whether a validator or a range may change the answer for a file."""
+        return (self.if_none_match is not None or self.if_modified_since is not None
+                or self.range is not None)
+
+
+class FileInfo:
+    """What the response head of a file says about it: type, size and validators.
+
+    The ETag names the inode and the change time besides the size and the
+    modification time: a file replaced by rename is another file even with
+    the same size and mtime, and a client holding the old copy must never
+    get a 304 for the new one.
+    """
+
+    __slots__ = ("target", "stat", "size", "etag", "mtime", "last_modified", "content_type")
+
+    def __init__(self, target: str, st: os.stat_result) -> None:
+        self.target = target  # the real path (its name gives the type)
+        self.stat = st
+        self.size = st.st_size
+        self.etag = (f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}'
+                     f'-{st.st_ctime_ns:x}"')
+        self.mtime = int(st.st_mtime)
+        self.last_modified = format_date_time(self.mtime)
+        self.content_type = content_type(target)
+
+
+class Answer:
+    """What a request to :class:`StaticFiles` gets: status, headers, and its body.
+
+    The body is either *body* (generated: an error page, a listing) or
+    *length* bytes of *file* from *start* (a 200 or 206 of a file; *file* is
+    open, positioned at *start*, and the caller closes it).  The headers
+    include Content-Length; whether a body is sent at all (HEAD, 304) is the
+    server's rule (:func:`fastwrap.serving.body_allowed`).  For a file,
+    *info* holds its validators and *named* the path under the root the
+    request named (symbolic links not yet followed), which a server caching
+    answers stats again to see whether it still leads to the same file.
+    """
+
+    __slots__ = ("status", "reason", "headers", "body", "file", "start", "length",
+                 "info", "named")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"", *,
+                 start: int = 0, length: int = 0, info: Optional[FileInfo] = None) -> None:
+        self.status = status
+        self.reason = reason(status)
+        self.headers = headers
+        self.body = body
+        self.file: Any = None
+        self.start = start
+        self.length = length
+        self.info = info
+        self.named = ""
+
+    @property
+    def status_line(self) -> str:
+        """``"200 OK"``: the status as WSGI's start_response takes it."""
+        return f"{self.status} {self.reason}"
+
+
+def reason(status: int) -> str:
+    """The reason phrase of *status* (``"Not Found"``)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 class StaticFiles:
     """WSGI application serving the files under *root*.
 
     *follow_symlinks*: serve files reached through symbolic links that lead
     out of *root* (links that stay inside it are always followed).
     *listing*: list directories that have no ``index.html``.
+
+    Servers other than WSGI ones ask :meth:`answer` directly: the rules are
+    the same either way.
     """
 
     def __init__(self, root: "str | os.PathLike[str]", *, follow_symlinks: bool = False,
@@ -77,47 +200,74 @@ class StaticFiles:
         self.listing = listing
 
     def __call__(self, environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("GET", "HEAD"):
-            return _error(start_response, 405, [("Allow", _ALLOWED)])
+        answer = self.answer(Request.from_environ(environ))
+        f = answer.file
         try:
-            target, fd, st = self._open(environ)
-        except _Refusal as refusal:
-            log.debug("refused %r: %s", environ.get("PATH_INFO"), refusal)
-            return _error(start_response, refusal.status)
-        except FileNotFoundError:
-            return _error(start_response, 404)
-        except (PermissionError, IsADirectoryError):
-            return _error(start_response, 403)
-        except (NotADirectoryError, OSError, ValueError):
-            return _error(start_response, 404)
-        try:
-            if stat.S_ISDIR(st.st_mode):
-                os.close(fd)
-                return self._directory(environ, start_response, target)
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                return _error(start_response, 403)  # a FIFO or device would block or never end
-            # Unbuffered: the body leaves by the kernel or in large reads, so a
-            # buffer would only cost the syscalls that set it up.
-            f = open(fd, "rb", buffering=0)
+            start_response(answer.status_line, answer.headers)
         except BaseException:
-            os.close(fd)
+            if f is not None:
+                f.close()
             raise
+        if f is None:
+            return [answer.body] if answer.body and environ.get(
+                "REQUEST_METHOD") != "HEAD" else []
         try:
-            return _file_response(environ, start_response, f, st, target)
+            return _file_body(environ, f, answer)
         except BaseException:
             f.close()
             raise
 
+    def answer(self, request: Request) -> Answer:
+        """What *request* gets: every rule of the server in one place.
+
+        Never raises for anything a client sends; a file answer holds the
+        file open (see :class:`Answer`).
+        """
+        if request.method not in ("GET", "HEAD"):
+            return error_answer(405, [("Allow", _ALLOWED)])
+        try:
+            named = self._resolve(request)
+            target, fd, st = self._open(named)
+        except _Refusal as refusal:
+            log.debug("refused %r: %s", request.path, refusal)
+            return error_answer(refusal.status)
+        except FileNotFoundError:
+            return error_answer(404)
+        except (PermissionError, IsADirectoryError):
+            return error_answer(403)
+        except (NotADirectoryError, OSError, ValueError):
+            return error_answer(404)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                return self._directory(request, target)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                return error_answer(403)  # a FIFO or device would block or never end
+            info = FileInfo(target, st)
+            answer = file_answer(request, info)
+            answer.named = named
+            if answer.status not in (200, 206):
+                os.close(fd)
+                return answer
+            # Unbuffered: the body leaves by the kernel or in large reads, so a
+            # buffer would only cost the syscalls that set it up.
+            answer.file = open(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        if answer.start:
+            answer.file.seek(answer.start)
+        return answer
+
     # -- where a request leads ---------------------------------------------
 
-    def _resolve(self, environ: _Environ) -> str:
-        """The real path under root for the request, or a _Refusal saying why not."""
-        raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").split("?", 1)[0].lower()
+    def _resolve(self, request: Request) -> str:
+        """The path under root that *request* names (links not followed yet), or a _Refusal."""
+        raw = request.raw_path.lower()
         if any(enc in raw for enc in _ENCODED_SEPARATORS):
             raise _Refusal(400, "a percent-encoded path separator in the request path")
-        path = environ.get("PATH_INFO", "") or "/"
+        path = request.path or "/"
         if not path.startswith("/"):
             raise _Refusal(400, "the request path is not absolute")
         try:
@@ -136,9 +286,8 @@ class StaticFiles:
                 raise _Refusal(400, "a path separator or drive inside a segment")
         return os.path.join(self.root, *segments)
 
-    def _open(self, environ: _Environ) -> tuple[str, int, os.stat_result]:
-        """The real path of what the request names, a descriptor open on it, its stat."""
-        joined = self._resolve(environ)
+    def _open(self, joined: str) -> tuple[str, int, os.stat_result]:
+        """The real path of *joined*, a descriptor open on it, its stat."""
         if _O_PATH:
             # Linux: resolve once, check where the descriptor really leads,
             # and reopen that very inode, so nothing can be swapped between
@@ -171,26 +320,27 @@ class StaticFiles:
 
     # -- directories --------------------------------------------------------
 
-    def _directory(self, environ: _Environ, start_response: _StartResponse,
-                   target: str) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "") or "/"
+    def _directory(self, request: Request, target: str) -> Answer:
+        path = request.path or "/"
         if not path.endswith("/"):
             # Relative links in the page need the trailing slash.
             location = urllib.parse.quote(path.encode("latin-1")) + "/"
-            query = environ.get("QUERY_STRING")
-            if query:
-                location += "?" + query
-            return _error(start_response, 301, [("Location", location)])
+            if request.query:
+                location += "?" + request.query
+            return error_answer(301, [("Location", location)])
         index = os.path.join(target, "index.html")
         if os.path.isfile(index):
-            environ = dict(environ, PATH_INFO=path + "index.html", REQUEST_URI="")
-            return self(environ, start_response)
+            return self.answer(Request(
+                request.method, path + "index.html", "", request.query,
+                if_none_match=request.if_none_match,
+                if_modified_since=request.if_modified_since, range=request.range,
+                if_range=request.if_range))
         if not self.listing:
-            return _error(start_response, 403)
+            return error_answer(403)
         try:
             names = sorted(os.listdir(target))
         except OSError:
-            return _error(start_response, 403)
+            return error_answer(403)
         title = html.escape(os.fsdecode(path.encode("latin-1")), quote=False)
         rows = []
         for name in names:
@@ -202,55 +352,56 @@ class StaticFiles:
                 f"<title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n"
                 "<ul>\n" + "\n".join(rows) + "\n</ul></body></html>\n")
         body = page.encode("utf-8", "surrogateescape")
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                  ("Content-Length", str(len(body)))])
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+        return Answer(200, [("Content-Type", "text/html; charset=utf-8"),
+                            ("Content-Length", str(len(body)))], body)
 
 
 # -- files --------------------------------------------------------------------
 
-def _file_response(environ: _Environ, start_response: _StartResponse, f: Any,
-                   st: os.stat_result, target: str) -> Iterable[bytes]:
-    size = st.st_size
-    etag = f'"{st.st_mtime_ns:x}-{size:x}"'
-    mtime = int(st.st_mtime)
-    headers = [
-        ("Content-Type", _content_type(target)),
-        ("Last-Modified", format_date_time(mtime)),
-        ("ETag", etag),
-        ("Accept-Ranges", "bytes"),
-    ]
-    if _not_modified(environ, etag, mtime):
-        f.close()
+def file_headers(info: FileInfo) -> list[tuple[str, str]]:
+    """The headers of a 200 of the file of *info*, Content-Length last."""
+    return [("Content-Type", info.content_type), ("Last-Modified", info.last_modified),
+            ("ETag", info.etag), ("Accept-Ranges", "bytes"),
+            ("Content-Length", str(info.size))]
+
+
+def file_answer(request: Request, info: FileInfo) -> Answer:
+    """What *request* gets for the file of *info*: 200, 206, 304 or 416, without the file.
+
+    Conditionals first (RFC 9110 13.2.2), then a single range.
+    """
+    size = info.size
+    headers = file_headers(info)
+    if _not_modified(request, info.etag, info.mtime):
         # RFC 9110 8.6: a 304 may carry Content-Length, but only the 200's.
-        start_response("304 Not Modified", headers[1:3] + [("Content-Length", str(size))])
-        return []
-    span = _range(environ, size, etag, mtime)
+        return Answer(304, headers[1:3] + headers[4:], info=info)
+    span = _range(request, size, info.etag, info.mtime)
     if span is None:
-        start, length, status = 0, size, "200 OK"
-    elif span == "unsatisfiable":
-        f.close()
-        return _error(start_response, 416, [("Content-Range", f"bytes */{size}")])
-    else:
-        start, length = span
-        status = "206 Partial Content"
-        headers.append(("Content-Range", f"bytes {start}-{start + length - 1}/{size}"))
-    headers.append(("Content-Length", str(length)))
-    start_response(status, headers)
+        return Answer(200, headers, start=0, length=size, info=info)
+    if span == "unsatisfiable":
+        return error_answer(416, [("Content-Range", f"bytes */{size}")])
+    start, length = span
+    headers[4:] = [("Content-Range", f"bytes {start}-{start + length - 1}/{size}"),
+                   ("Content-Length", str(length))]
+    return Answer(206, headers, start=start, length=length, info=info)
+
+
+def _file_body(environ: _Environ, f: Any, answer: Answer) -> Iterable[bytes]:
     if environ.get("REQUEST_METHOD") == "HEAD":
         f.close()
         return []
     file_wrapper = environ.get("wsgi.file_wrapper")
-    if start == 0 and length == size and file_wrapper is not None:
+    assert answer.info is not None
+    if answer.status == 200 and file_wrapper is not None:
         return file_wrapper(f)  # type: ignore[no-any-return]
-    f.seek(start)
     if file_wrapper is fastwrap.FileWrapper:
         # fastwrap's servers send min(Content-Length, what remains) from tell().
         return fastwrap.FileWrapper(f)
-    return _RangeBody(f, length)
+    return _RangeBody(f, answer.length)
 
 
-def _content_type(target: str) -> str:
+def content_type(target: str) -> str:
+    """The Content-Type of the file at *target*, from its suffixes."""
     name = os.path.basename(target)
     first = name.find(".", 1)  # a leading dot names a hidden file, not a type
     return _type_of_suffixes(name[first:] if first > 0 else "")
@@ -267,16 +418,16 @@ def _type_of_suffixes(suffixes: str) -> str:
     return kind
 
 
-def _not_modified(environ: _Environ, etag: str, mtime: int) -> bool:
+def _not_modified(request: Request, etag: str, mtime: int) -> bool:
     """RFC 9110 13.2.2: If-None-Match wins; If-Modified-Since only without it."""
-    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if_none_match = request.if_none_match
     if if_none_match is not None:
         if if_none_match.strip() == "*":
             return True
         # Weak comparison, as 13.1.2 asks for GET and HEAD.
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
         return etag in tags
-    since = _http_date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+    since = _http_date(request.if_modified_since)
     return since is not None and mtime <= since
 
 
@@ -295,17 +446,17 @@ def _http_date(value: Optional[str]) -> Optional[int]:
         return None
 
 
-def _range(environ: _Environ, size: int, etag: str, mtime: int) -> Any:
+def _range(request: Request, size: int, etag: str, mtime: int) -> Any:
     """(start, length) of a single satisfiable range, "unsatisfiable", or None (send all).
 
     Several ranges get the whole file: one sendfile beats a multipart body
     the client must take apart, and it cannot be abused to amplify a
     response with overlapping ranges.
     """
-    header = environ.get("HTTP_RANGE")
-    if not header or environ.get("REQUEST_METHOD") != "GET":
+    header = request.range
+    if not header or request.method != "GET":
         return None
-    if_range = environ.get("HTTP_IF_RANGE")
+    if_range = request.if_range
     if if_range is not None:
         if_range = if_range.strip()
         if if_range.startswith('"') or if_range.startswith("W/"):
@@ -377,35 +528,57 @@ class _RangeBody:
         self._file.close()
 
 
-_REASONS = {301: "Moved Permanently", 400: "Bad Request", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 416: "Range Not Satisfiable",
-            500: "Internal Server Error"}
-
-
-def _error(start_response: _StartResponse, status: int,
-           extra: Optional[list[tuple[str, str]]] = None) -> list[bytes]:
-    reason = _REASONS[status]
-    body = f"{status} {reason}\n".encode("ascii")
-    start_response(f"{status} {reason}", [("Content-Type", "text/plain; charset=utf-8"),
-                                          ("Content-Length", str(len(body)))] + (extra or []))
-    return [body]
+def error_answer(status: int, extra: Optional[list[tuple[str, str]]] = None) -> Answer:
+    """An answer of *status* with a one-line text body naming it, and *extra* headers."""
+    body = f"{status} {reason(status)}\n".encode("ascii")
+    return Answer(status, [("Content-Type", "text/plain; charset=utf-8"),
+                           ("Content-Length", str(len(body)))] + (extra or []), body)
 
 
 def serve(root: "str | os.PathLike[str]" = ".", bind: str = "127.0.0.1", port: int = 8000,
-          threads: int = 16, *, follow_symlinks: bool = False, quiet: bool = False) -> None:
-    """Serve *root* on fastwrap's threaded server until interrupted (``fastwrap serve``)."""
-    from . import wsgiref
+          threads: int = 16, *, follow_symlinks: bool = False, quiet: bool = False,
+          workers: int = 1, **limits: Any) -> int:
+    """Serve *root* on fastwrap's event-loop server until interrupted (``fastwrap serve``).
 
-    app = StaticFiles(root, follow_symlinks=follow_symlinks)
-    handler = type("RequestHandler", (wsgiref.RequestHandler,), {"quiet": quiet})
-    server = wsgiref.make_server(bind, port, app, threads=threads, handler=handler)
-    host, port = str(server.server_address[0]), int(server.server_address[1])
-    shown = f"[{host}]" if ":" in host else host
-    print(f"Serving {app.root} at http://{shown}:{port}/ (fastwrap {fastwrap.__version__}, "
-          f"{fastwrap.IMPLEMENTATION} engine, {threads} threads)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+    With *workers* above 1, that many processes serve the port (see
+    :func:`fastwrap.server.run`).  Returns the exit status: 0 after a clean stop.
+
+    *threads* read the parts of files that are not in the page cache;
+    *limits* are further fields of :class:`fastwrap.server.Config`
+    (``head_timeout``, ``idle_timeout``, ``send_timeout``, ``max_head``,
+    ``max_connections``, ``grace``, ``loop``).
+    """
+    import signal
+    import socket
+
+    from . import server as core
+
+    config = core.Config(root=os.path.realpath(os.fspath(root)), follow_symlinks=follow_symlinks,
+                         quiet=quiet, threads=threads, **limits)
+    if workers > 1:
+        loop = core.loop_name(config.loop)
+
+        def announce(address: "tuple[str, int]") -> None:
+            host, port = str(address[0]), int(address[1])
+            shown = f"[{host}]" if ":" in host else host
+            print(f"Serving {config.root} at http://{shown}:{port}/ (fastwrap "
+                  f"{fastwrap.__version__}, {fastwrap.IMPLEMENTATION} engine, {loop} loop, "
+                  f"{threads} threads, {workers} workers)", file=sys.stderr, flush=True)
+        return core.run(config, bind, port, workers, announce=announce)
+    app = core.Server(config)
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.create_server((bind, port), family=family, backlog=1024) as sock:
+        host, port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
+        shown = f"[{host}]" if ":" in host else host
+        print(f"Serving {app.files.root} at http://{shown}:{port}/ (fastwrap "
+              f"{fastwrap.__version__}, {fastwrap.IMPLEMENTATION} engine, {app.loop_name} loop, "
+              f"{threads} threads)", file=sys.stderr, flush=True)
+        try:
+            app.run(sock)
+        except KeyboardInterrupt:  # outside the main thread, no handler of the server's
+            pass
+    if app.signalled == signal.SIGINT:
         print("Interrupted: stopping.", file=sys.stderr)
-    finally:
-        server.server_close()
+    elif app.signalled is not None:
+        print("Terminated: stopping.", file=sys.stderr)
+    return 0
