@@ -28,6 +28,7 @@ import fastwrap
 import fastwrap.asyncio
 
 from .. import serving, static
+from .._paths import log
 from .._request import BadRequest, parse_head
 from .cache import HeadCache
 from .config import Config
@@ -150,6 +151,7 @@ class Server:
         self._requested = 0  # 1: stop gracefully, 2: at once (before the loop ran)
         self._lock = threading.Lock()
         self._max_connections = config.max_connections
+        self._short = False  # accept() ran out of descriptors or memory
         self._sweep_every = max(0.05, min(1.0, config.head_timeout / 4,
                                           config.idle_timeout / 4, config.send_timeout / 4))
         self._log_fd = 2
@@ -163,7 +165,8 @@ class Server:
         second SIGINT stops at once.
         """
         limit = raise_file_limit()
-        self._max_connections = max(1, min(self.config.max_connections, limit - _SPARE_FDS))
+        spare = min(_SPARE_FDS, limit // 4)
+        self._max_connections = max(1, min(self.config.max_connections, limit - spare))
         serving.set_fetch_threads(self.config.threads)
         try:
             self._log_fd = sys.stderr.fileno()
@@ -282,6 +285,11 @@ class Server:
             except OSError as exc:
                 if exc.errno in _SCARCE:
                     # Out of descriptors or memory: the backlog waits for the next sweep.
+                    if not self._short:
+                        log.warning("fastwrap serve: cannot accept a connection (%s); new "
+                                    "clients wait until some end (raise the descriptor limit, "
+                                    "ulimit -n, or lower --max-connections)", exc.strerror)
+                    self._short = True
                     self._pause_accepting()
                     return
                 continue  # ECONNABORTED and the like: that client is gone
@@ -292,6 +300,7 @@ class Server:
             except OSError:
                 sock.close()
                 continue
+            self._short = False
             host = address[0] if isinstance(address, tuple) else "-"
             self.connections.add(Connection(self, sock, str(host)))
 
