@@ -370,6 +370,30 @@ class Connection:
     # -- receiving ------------------------------------------------------------------------
 
     def on_readable(self) -> None:
+        try:
+            self._on_readable()
+        except Exception:
+            self.fail()
+
+    def fail(self) -> None:
+        """A bug or a failure of the system in a callback: log it, close this connection only."""
+        log.exception("fastwrap serve: closing the connection of %s after an error "
+                      "serving %r", self.client, self.requestline)
+        if self.task is not None:
+            # The transmission may be in a fetch thread: its callback closes it after.
+            self.keep_alive = False
+            self.task.cancel()
+            return
+        if self.tx is not None:
+            self.tx.close()
+        if self.file is not None:
+            self.file.close()
+        self.tx = self.file = None
+        if self.state == SENDING:
+            self.state = WRITING  # close() then removes what is registered
+        self.close()
+
+    def _on_readable(self) -> None:
         data = self.receive()
         if data is None:
             return
@@ -534,6 +558,12 @@ class Connection:
         self.loop.add_writer(self.fd, self.on_writable)
 
     def on_writable(self) -> None:
+        try:
+            self._on_writable()
+        except Exception:
+            self.fail()
+
+    def _on_writable(self) -> None:
         out = self.out
         assert out is not None
         try:
@@ -559,9 +589,16 @@ class Connection:
         """Send *head* and *count* bytes of *f* from its position through the engine."""
         try:
             tx = fastwrap.Transmission(f, self.sock, count, head, nowait=True)
-        except BaseException:
+        except Exception as exc:
+            # Nothing is on the wire yet: the client learns it from a 500.
             f.close()
-            raise
+            log.warning("fastwrap serve: %r cannot be sent: %s", self.requestline, exc)
+            self.keep_alive = False
+            answer = static.error_answer(500)
+            self.send_bytes(500, self.head(answer.status_line, answer.headers,
+                                           b"Connection: close\r\n") + answer.body,
+                            len(answer.body))
+            return
         self.status, self.count = status, count
         failed = False
         try:
@@ -574,6 +611,9 @@ class Connection:
                     break
         except OSError:
             failed = True  # the client went away, or the file could not be read
+        except Exception:
+            log.exception("fastwrap serve: sending %r failed", self.requestline)
+            failed = True
         if failed or tx.done:
             self.sent(tx, f, failed)
             return
@@ -585,13 +625,23 @@ class Connection:
         self.task.add_done_callback(self._driven)
 
     def _driven(self, task: "asyncio.Task[int]") -> None:
+        if task is not self.task:
+            return  # given up on by fail()
         self.task = None
         failed = task.cancelled() or task.exception() is not None
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None and not isinstance(error, OSError):
+                log.error("fastwrap serve: sending %r failed", self.requestline,
+                          exc_info=error)
         tx, f = self.tx, self.file
         self.tx = self.file = None
-        self.sent(tx, f, failed)
-        if self.state == SENDING:
-            self.resume()
+        try:
+            self.sent(tx, f, failed)
+            if self.state == SENDING:
+                self.resume()
+        except Exception:
+            self.fail()
 
     def sent(self, tx: Any, f: Any, failed: bool) -> None:
         """A file response has ended: log it, and close if it came up short."""
