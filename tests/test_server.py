@@ -395,6 +395,29 @@ def in_process(engine, root, monkeypatch) -> Iterator[InProcess]:
     served.stop()
 
 
+def test_each_answer_without_a_file_body_is_one_send_of_the_server(in_process, monkeypatch):
+    # The server's own calls, counted: socket.socket.send is what it writes
+    # generated answers with (file bodies leave by the engine, on the descriptor).
+    (Path(in_process.server.config.root) / "sub").mkdir(exist_ok=True)
+    calls: List[int] = []
+    send = socket.socket.send
+
+    def counted(self: socket.socket, data: Any, *args: Any) -> int:
+        calls.append(len(data))
+        return send(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "send", counted)
+    asks = [("HEAD", "/big.bin", ()), ("GET", "/four.bin", (("If-None-Match", "*"),)),
+            ("GET", "/missing", ()), ("GET", "/sub", ()), ("GET", "/sub/", ()),
+            ("POST", "/four.bin", ()), ("HEAD", "/big.bin", ())]  # the last one a cache hit
+    with _connect(in_process) as sock:
+        reader = ResponseReader(sock.makefile("rb"))
+        statuses = [_ask(sock, reader, method, target, headers).status
+                    for method, target, headers in asks]
+    assert statuses == [200, 304, 404, 301, 200, 405, 200]
+    assert len(calls) == len(asks), calls
+
+
 @pytest.mark.skipif(not LINUX, reason="the sendfile path is Linux's")
 def test_stats_show_every_file_body_left_by_the_engine(in_process):
     fastwrap.reset_stats()
