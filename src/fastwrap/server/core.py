@@ -407,19 +407,17 @@ class Connection:
         if not self.buffer:
             self.since = time.monotonic()  # a request head begins
         self.buffer += data
-        if len(data) < _RECV_SIZE and self.state == READING:
-            # Read on to EAGAIN: a reset that came with the bytes is seen now.
-            # (uvloop drops a readable event that carries an error: the
-            # connection would otherwise wait for the sweep.)
+        self.serve_buffer()
+        if self.state == READING and self.buffer and len(data) < _RECV_SIZE:
+            # Part of a head: read on to EAGAIN, so that a reset that came
+            # with those bytes is seen now (uvloop drops a readable event that
+            # carries an error, and the connection would wait for the sweep).
             more = self.receive()
             if more == b"":
-                self.serve_buffer()
-                if self.state == READING:
-                    self.ended()
-                return
-            if more:
+                self.ended()
+            elif more:
                 self.buffer += more
-        self.serve_buffer()
+                self.serve_buffer()
 
     def receive(self) -> Optional[bytes]:
         """What the socket holds: b"" at its end or on a reset, None if nothing yet."""
