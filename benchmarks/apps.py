@@ -80,6 +80,19 @@ def serve_fastwrap_wsgiref(port: int, threads: int) -> None:
                                  handler=Quiet).serve_forever()
 
 
+def serve_static_threaded(port: int, threads: int) -> None:
+    """``fastwrap serve`` as it was before its event-loop core: StaticFiles on the threads."""
+    import fastwrap.static
+    import fastwrap.wsgiref
+
+    class Quiet(fastwrap.wsgiref.RequestHandler):
+        quiet = True
+
+    static = fastwrap.static.StaticFiles(ROOT)
+    fastwrap.wsgiref.make_server("127.0.0.1", port, static, threads=threads,
+                                 handler=Quiet).serve_forever()
+
+
 def serve_gevent(port: int) -> None:
     """fastwrap.gevent.WSGIServer: one process, one greenlet per connection."""
     import fastwrap.gevent
@@ -127,6 +140,8 @@ def main(argv: list) -> None:
         serve_wsgiref(port, with_fastwrap=True)
     elif kind == "fastwrap-wsgiref":
         serve_fastwrap_wsgiref(port, threads)
+    elif kind == "static-threaded":
+        serve_static_threaded(port, threads)
     elif kind == "gevent":
         serve_gevent(port)
     elif kind == "waitress":

@@ -320,6 +320,12 @@ def _fastwrap_serve(port: int, ctx: Context) -> List[str]:
     return _launcher("fastwrap-wsgiref")(port, ctx)
 
 
+def _fastwrap_serve_on(loop: str) -> Callable[[int, Context], List[str]]:
+    def command(port: int, ctx: Context) -> List[str]:
+        return _fastwrap_serve(port, ctx) + ["--loop", loop]
+    return command
+
+
 def fastwrap_serve_exists(env: Dict[str, str]) -> bool:
     probe = subprocess.run([sys.executable, "-m", "fastwrap", "serve", "--help"],
                            capture_output=True, env=env)
@@ -343,6 +349,12 @@ def server_specs(threads: int) -> List[ServerSpec]:
                    lambda: None, _launcher("wsgiref")),
         ServerSpec("fastwrap-serve", "fastwrap serve", f"1 process, {t}",
                    lambda: None, _fastwrap_serve, fastwrap=True),
+        ServerSpec("fastwrap-serve-asyncio", "fastwrap serve --loop asyncio",
+                   "1 process, the stdlib's event loop", lambda: None,
+                   _fastwrap_serve_on("asyncio"), fastwrap=True),
+        ServerSpec("fastwrap-serve-threaded", "fastwrap serve before its event loop",
+                   f"1 process, {t}: StaticFiles on fastwrap.wsgiref.make_server",
+                   lambda: None, _launcher("static-threaded"), fastwrap=True),
         ServerSpec("fastwrap-gunicorn", "gunicorn + fastwrap SyncWorker",
                    "1 sync worker (one connection at a time)",
                    _need_modules("gunicorn"), _gunicorn("fastwrap.gunicorn.SyncWorker"),

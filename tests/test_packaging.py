@@ -231,3 +231,16 @@ def test_the_workflow_pins_the_cibuildwheel_the_suite_checks() -> None:
     (pinned,) = re.findall(r"pypa/cibuildwheel@v([0-9.]+)", workflow)
     extra = (ROOT / "pyproject.toml").read_text()
     assert f'"cibuildwheel=={pinned}; python_version >= \'3.11\'"' in extra
+
+
+def test_every_subpackage_is_named_in_the_packages_that_ship() -> None:
+    # setuptools ships only the packages listed: one left out installs a
+    # `fastwrap` whose import of it fails (fastwrap serve needs fastwrap.server).
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    listed = re.search(r"^packages = \[(.*)\]$", text, re.MULTILINE)
+    assert listed is not None
+    shipped = set(re.findall(r'"([\w.]+)"', listed.group(1)))
+    src = ROOT / "src"
+    found = {".".join(init.parent.relative_to(src).parts)
+             for init in (src / "fastwrap").rglob("__init__.py")}
+    assert found <= shipped, sorted(found - shipped)

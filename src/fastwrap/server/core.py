@@ -28,6 +28,7 @@ import fastwrap
 import fastwrap.asyncio
 
 from .. import serving, static
+from .._paths import log
 from .._request import BadRequest, parse_head
 from .cache import HeadCache
 from .config import Config
@@ -150,6 +151,7 @@ class Server:
         self._requested = 0  # 1: stop gracefully, 2: at once (before the loop ran)
         self._lock = threading.Lock()
         self._max_connections = config.max_connections
+        self._short = False  # accept() ran out of descriptors or memory
         self._sweep_every = max(0.05, min(1.0, config.head_timeout / 4,
                                           config.idle_timeout / 4, config.send_timeout / 4))
         self._log_fd = 2
@@ -163,7 +165,8 @@ class Server:
         second SIGINT stops at once.
         """
         limit = raise_file_limit()
-        self._max_connections = max(1, min(self.config.max_connections, limit - _SPARE_FDS))
+        spare = min(_SPARE_FDS, limit // 4)
+        self._max_connections = max(1, min(self.config.max_connections, limit - spare))
         serving.set_fetch_threads(self.config.threads)
         try:
             self._log_fd = sys.stderr.fileno()
@@ -295,6 +298,11 @@ class Server:
             except OSError as exc:
                 if exc.errno in _SCARCE:
                     # Out of descriptors or memory: the backlog waits for the next sweep.
+                    if not self._short:
+                        log.warning("fastwrap serve: cannot accept a connection (%s); new "
+                                    "clients wait until some end (raise the descriptor limit, "
+                                    "ulimit -n, or lower --max-connections)", exc.strerror)
+                    self._short = True
                     self._pause_accepting()
                     return
                 continue  # ECONNABORTED and the like: that client is gone
@@ -305,6 +313,7 @@ class Server:
             except OSError:
                 sock.close()
                 continue
+            self._short = False
             host = address[0] if isinstance(address, tuple) else "-"
             self.connections.add(Connection(self, sock, str(host)))
 
@@ -374,6 +383,30 @@ class Connection:
     # -- receiving ------------------------------------------------------------------------
 
     def on_readable(self) -> None:
+        try:
+            self._on_readable()
+        except Exception:
+            self.fail()
+
+    def fail(self) -> None:
+        """A bug or a failure of the system in a callback: log it, close this connection only."""
+        log.exception("fastwrap serve: closing the connection of %s after an error "
+                      "serving %r", self.client, self.requestline)
+        if self.task is not None:
+            # The transmission may be in a fetch thread: its callback closes it after.
+            self.keep_alive = False
+            self.task.cancel()
+            return
+        if self.tx is not None:
+            self.tx.close()
+        if self.file is not None:
+            self.file.close()
+        self.tx = self.file = None
+        if self.state == SENDING:
+            self.state = WRITING  # close() then removes what is registered
+        self.close()
+
+    def _on_readable(self) -> None:
         data = self.receive()
         if data is None:
             return
@@ -387,19 +420,17 @@ class Connection:
         if not self.buffer:
             self.since = time.monotonic()  # a request head begins
         self.buffer += data
-        if len(data) < _RECV_SIZE and self.state == READING:
-            # Read on to EAGAIN: a reset that came with the bytes is seen now.
-            # (uvloop drops a readable event that carries an error: the
-            # connection would otherwise wait for the sweep.)
+        self.serve_buffer()
+        if self.state == READING and self.buffer and len(data) < _RECV_SIZE:
+            # Part of a head: read on to EAGAIN, so that a reset that came
+            # with those bytes is seen now (uvloop drops a readable event that
+            # carries an error, and the connection would wait for the sweep).
             more = self.receive()
             if more == b"":
-                self.serve_buffer()
-                if self.state == READING:
-                    self.ended()
-                return
-            if more:
+                self.ended()
+            elif more:
                 self.buffer += more
-        self.serve_buffer()
+                self.serve_buffer()
 
     def receive(self) -> Optional[bytes]:
         """What the socket holds: b"" at its end or on a reset, None if nothing yet."""
@@ -538,6 +569,12 @@ class Connection:
         self.loop.add_writer(self.fd, self.on_writable)
 
     def on_writable(self) -> None:
+        try:
+            self._on_writable()
+        except Exception:
+            self.fail()
+
+    def _on_writable(self) -> None:
         out = self.out
         assert out is not None
         try:
@@ -563,9 +600,16 @@ class Connection:
         """Send *head* and *count* bytes of *f* from its position through the engine."""
         try:
             tx = fastwrap.Transmission(f, self.sock, count, head, nowait=True)
-        except BaseException:
+        except Exception as exc:
+            # Nothing is on the wire yet: the client learns it from a 500.
             f.close()
-            raise
+            log.warning("fastwrap serve: %r cannot be sent: %s", self.requestline, exc)
+            self.keep_alive = False
+            answer = static.error_answer(500)
+            self.send_bytes(500, self.head(answer.status_line, answer.headers,
+                                           b"Connection: close\r\n") + answer.body,
+                            len(answer.body))
+            return
         self.status, self.count = status, count
         failed = False
         try:
@@ -578,6 +622,9 @@ class Connection:
                     break
         except OSError:
             failed = True  # the client went away, or the file could not be read
+        except Exception:
+            log.exception("fastwrap serve: sending %r failed", self.requestline)
+            failed = True
         if failed or tx.done:
             self.sent(tx, f, failed)
             return
@@ -589,13 +636,23 @@ class Connection:
         self.task.add_done_callback(self._driven)
 
     def _driven(self, task: "asyncio.Task[int]") -> None:
+        if task is not self.task:
+            return  # given up on by fail()
         self.task = None
         failed = task.cancelled() or task.exception() is not None
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None and not isinstance(error, OSError):
+                log.error("fastwrap serve: sending %r failed", self.requestline,
+                          exc_info=error)
         tx, f = self.tx, self.file
         self.tx = self.file = None
-        self.sent(tx, f, failed)
-        if self.state == SENDING:
-            self.resume()
+        try:
+            self.sent(tx, f, failed)
+            if self.state == SENDING:
+                self.resume()
+        except Exception:
+            self.fail()
 
     def sent(self, tx: Any, f: Any, failed: bool) -> None:
         """A file response has ended: log it, and close if it came up short."""
