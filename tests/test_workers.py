@@ -31,11 +31,6 @@ BIG = random_bytes(24 << 20, seed=31)  # outlasts the socket buffers many times 
 HERE = Path(__file__).resolve().parent
 
 
-def _core_available() -> bool:
-    import fastwrap.server
-    return hasattr(fastwrap.server, "Server")
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("workers")
@@ -46,8 +41,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=["fastwrap-serve", "stand-in"])
 def launcher(request: pytest.FixtureRequest) -> str:
-    if request.param == "fastwrap-serve" and not _core_available():
-        pytest.skip("fastwrap.server.Server is not there yet")
     return str(request.param)
 
 
@@ -315,8 +308,6 @@ def test_access_log_has_one_whole_line_per_request_from_both_workers(two):
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", ""])
 def test_bad_workers_get_the_parsers_one_line_error(engine, value):
-    if not _core_available():
-        pytest.skip("fastwrap.server.Server is not there yet")
     from _static_support import run_cli
     result = run_cli(engine, "serve", "--workers", value)
     assert result.returncode == 2
