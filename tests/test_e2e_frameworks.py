@@ -147,6 +147,7 @@ def via_curl(server: Server, method: str, path: str,
     for name, value in (headers or {}).items():
         args += ["--header", f"{name}: {value}"]
     args.append(server.url + path)
+    before = server.stats()
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=HANG + 10)
         assert done.returncode == 0, f"curl failed ({done.returncode}): {done.stderr}"
@@ -304,8 +305,10 @@ def test_head_of_an_iterated_file_response_has_no_body(server: Server, files) ->
 
 @for_apps("flask", "whitenoise")
 def test_not_modified_has_no_body(server: Server, files, client) -> None:
+    before = server.stats()
     first = client(server, "GET", e2e_apps.PREFIX + BIG)
     assert first.body == files[BIG]
+    stats_after(server, before, 1)  # recorded, so it cannot land in the counts below
     etag, modified = first.header("ETag"), first.header("Last-Modified")
     assert etag and modified
     for condition in ({"If-None-Match": etag}, {"If-Modified-Since": modified}):
@@ -351,10 +354,15 @@ def test_suffix_range_and_open_ended_range(server: Server, files) -> None:
     data = files[BIG]
     for spec, start in ((f"bytes=-{SMALL_SIZE}", BIG_SIZE - SMALL_SIZE),
                         (f"bytes={BIG_SIZE - 777}-", BIG_SIZE - 777)):
+        before = server.stats()
         reply = via_http_client(server, "GET", e2e_apps.PREFIX + BIG, {"Range": spec})
         assert reply.status == 206, spec
         assert reply.header("Content-Range") == f"bytes {start}-{BIG_SIZE - 1}/{BIG_SIZE}"
         assert reply.body == data[start:]
+        # Wait for the server to record it too: exactly the range left, and no transmission
+        # of this test is left to land in the next test's counts.
+        delta = stats_after(server, before, 1)
+        assert sum(entry["bytes"] for entry in delta.values()) == BIG_SIZE - start, delta
 
 
 # -- keep-alive -----------------------------------------------------------------------------
@@ -404,12 +412,15 @@ def test_curl_reuses_the_connection_for_two_files(server: Server, files) -> None
             "--max-time", str(int(HANG)), "--write-out", "%{num_connects}\n"]
     for path, output in zip((BIG, SMALL), outputs):
         args += ["--output", str(output), server.url + e2e_apps.PREFIX + path]
+    before = server.stats()
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=HANG + 10)
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["1", "0"], "curl had to reconnect for the second file"
         assert outputs[0].read_bytes() == files[BIG]
         assert outputs[1].read_bytes() == files[SMALL]
+        if not server.iterates:  # recorded, so they cannot land in the next test's counts
+            stats_after(server, before, 2)
     finally:
         for output in outputs:
             output.unlink(missing_ok=True)
